@@ -1,0 +1,1 @@
+"""bnn package (see its issue)."""

@@ -1,0 +1,51 @@
+"""reparam_apps: the shared reparameterized-sampling core.
+
+Distributions expose the trick as two steps (``sample_noise`` then ``transform``); estimators
+compare the pathwise gradient with the score-function one; KL helpers and run utilities are
+shared by the SAC, BNN and VAE domains.
+"""
+
+from .cli import UserError, progress, run_cli
+from .distributions import (
+    Gumbel,
+    GumbelSoftmax,
+    Laplace,
+    Logistic,
+    LogNormal,
+    Normal,
+    ReparamDistribution,
+    TanhNormal,
+    set_default_validate_args,
+)
+from .estimators import (
+    EstimatorStats,
+    estimator_stats,
+    flatten_gradient,
+    pathwise_gradient,
+    score_function_gradient,
+)
+from .kl import kl_divergence, kl_normal_normal, kl_normal_std_normal, mc_kl
+from .runs import (
+    CheckpointError,
+    MetricsCSV,
+    RunDir,
+    atomic_write_bytes,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .utils import seed_everything, select_device, set_threads
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ReparamDistribution", "Normal", "Laplace", "Logistic", "LogNormal", "Gumbel", "GumbelSoftmax",
+    "TanhNormal", "set_default_validate_args",
+    "pathwise_gradient", "score_function_gradient", "estimator_stats", "EstimatorStats",
+    "flatten_gradient",
+    "kl_normal_normal", "kl_normal_std_normal", "mc_kl", "kl_divergence",
+    "seed_everything", "select_device", "set_threads",
+    "RunDir", "MetricsCSV", "save_checkpoint", "load_checkpoint", "CheckpointError",
+    "atomic_write_bytes", "atomic_write_text",
+    "UserError", "run_cli", "progress",
+]

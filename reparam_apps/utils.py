@@ -1,0 +1,47 @@
+"""Seeding and device selection shared by every script."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+__all__ = ["seed_everything", "select_device", "set_threads"]
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch (all devices). ``deterministic`` also asks torch for
+    deterministic kernels (slower on GPU; CPU runs are already repeatable for a fixed seed)."""
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when available, else CPU; 'cpu' and 'cuda[:N]' are taken as given."""
+    name = str(name).lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available: use --device cpu or auto")
+        return torch.device(name)
+    raise ValueError(f"unknown device {name!r}: use 'auto', 'cpu' or 'cuda'")
+
+
+def set_threads(n: int | None) -> None:
+    """Set torch's intra-op thread count (None or 0 keeps torch's default)."""
+    if n is None or n == 0:
+        return
+    if n < 0:
+        raise ValueError(f"thread count must be positive, got {n}")
+    torch.set_num_threads(n)

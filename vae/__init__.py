@@ -1,0 +1,1 @@
+"""vae package (see its issue)."""
