@@ -1,1 +1,25 @@
-"""vae package (see its issue)."""
+"""vae: a Gaussian VAE and a categorical (Gumbel-Softmax) VAE on the shared reparameterized core,
+each trainable with its pathwise estimator or with the score-function (REINFORCE) estimator."""
+
+from .data import BINARIZE_MODES, VAEData, binarize, load_vae_data
+from .model import (
+    ESTIMATORS,
+    KL_MODES,
+    LIKELIHOODS,
+    LOGVAR_RANGE,
+    SF_BASELINES,
+    VAE,
+    CategoricalVAE,
+    ELBOTerms,
+    EstimatorProblem,
+    categorical_kl_uniform,
+    load_model,
+)
+from .nets import ARCHS
+from .train import beta_at, evaluate, evaluate_iwae, train_epoch
+
+__all__ = [
+    "VAE", "CategoricalVAE", "ELBOTerms", "EstimatorProblem", "load_model", "categorical_kl_uniform",
+    "VAEData", "load_vae_data", "binarize", "train_epoch", "evaluate", "evaluate_iwae", "beta_at",
+    "ARCHS", "ESTIMATORS", "KL_MODES", "LIKELIHOODS", "LOGVAR_RANGE", "SF_BASELINES", "BINARIZE_MODES",
+]
