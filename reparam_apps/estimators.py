@@ -68,36 +68,43 @@ def score_function_gradient(f: Callable[[Tensor], Tensor], dist_factory: Callabl
       "mean"      leave-one-out batch mean b_i = mean_{j != i} f(z_j) (unbiased, needs n >= 2);
       "optimal"   the variance-optimal scalar b* = E[f |s|^2] / E[|s|^2], s = d log q / dparams,
                   estimated leave-one-out so it stays unbiased (needs n >= 2).
+
+    When ``f`` returns per-element values with the same shape as ``log_prob`` (n, *batch) — a sum
+    of independent terms, one per data point, the usual case for a batch of data — each term is
+    paired with its own log q and "mean" baselines each element by the other samples of that element
+    (still unbiased, and lower variance than baselining the sum). "optimal" uses the total.
     """
     plist, single = _as_param_list(params)
     dist = dist_factory(*plist)
-    with torch.no_grad():
-        z = dist.sample((n_samples,))
-        fz = _per_sample(f(z), n_samples)
-    log_q = _per_sample(dist.log_prob(z), n_samples)
     n = n_samples
+    with torch.no_grad():
+        z = dist.sample((n,))
+        fz = f(z)
+    log_q = dist.log_prob(z)
+    if fz.dim() > 1 and fz.shape == log_q.shape and baseline != "optimal":
+        # f is a sum of independent per-element terms: pair each term with its own log q (the cross
+        # terms have zero mean) and baseline each element on its own. Shapes (n, M).
+        fz, log_q = fz.reshape(n, -1), log_q.reshape(n, -1)
+    else:
+        fz, log_q = _per_sample(fz, n)[:, None], _per_sample(log_q, n)[:, None]  # (n, 1)
     if baseline is None:
         b = torch.zeros_like(fz)
     elif isinstance(baseline, (int, float, Tensor)) and not isinstance(baseline, bool):
         b = torch.as_tensor(baseline, dtype=fz.dtype, device=fz.device).expand_as(fz)
+    elif baseline in ("mean", "optimal") and n < 2:
+        raise ValueError(f"baseline={baseline!r} (leave-one-out) needs n_samples >= 2")
     elif baseline == "mean":
-        if n < 2:
-            raise ValueError("baseline='mean' (leave-one-out) needs n_samples >= 2")
-        b = (fz.sum() - fz) / (n - 1)
+        b = (fz.sum(0, keepdim=True) - fz) / (n - 1)
     elif baseline == "optimal":
-        if n < 2:
-            raise ValueError("baseline='optimal' (leave-one-out) needs n_samples >= 2")
         # Per-sample scores s_i = d log q(z_i) / dphi in one batched backward pass.
         eye = torch.eye(n, dtype=log_q.dtype, device=log_q.device)
-        scores = torch.autograd.grad(log_q, plist, grad_outputs=eye, is_grads_batched=True,
+        scores = torch.autograd.grad(log_q[:, 0], plist, grad_outputs=eye, is_grads_batched=True,
                                      retain_graph=True, allow_unused=True, materialize_grads=True)
-        s2 = sum(s.reshape(n, -1).square().sum(1) for s in scores)  # |s_i|^2, shape (n,)
-        num = (fz * s2).sum() - fz * s2
-        den = (s2.sum() - s2).clamp_min(torch.finfo(s2.dtype).tiny)
-        b = num / den
+        s2 = sum(s.reshape(n, -1).square().sum(1) for s in scores)[:, None]  # |s_i|^2, (n, 1)
+        b = ((fz * s2).sum(0) - fz * s2) / (s2.sum(0) - s2).clamp_min(torch.finfo(s2.dtype).tiny)
     else:
         raise ValueError(f"unknown baseline {baseline!r}: use None, a number, 'mean' or 'optimal'")
-    surrogate = ((fz - b).detach() * log_q).mean()
+    surrogate = ((fz - b).detach() * log_q).sum(1).mean(0)
     return _finish(torch.autograd.grad(surrogate, plist, allow_unused=True, materialize_grads=True), single)
 
 
