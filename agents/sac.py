@@ -465,6 +465,14 @@ class SAC:
         self._stop_requested = False
 
     # -- the algorithm -------------------------------------------------------------------------
+    @torch.no_grad()
+    def compute_target(self, rew: Tensor, next_obs: Tensor, term: Tensor, alpha: Tensor) -> Tensor:
+        """Critic target (eq. 6): y = r + gamma (1 - terminated) (min_j Q'_j(s', a') - alpha log pi(a'|s')),
+        a' ~ pi(.|s'). ``term`` is 1 only for a true termination; a truncated step bootstraps. Shape (B,)."""
+        next_a, next_log_pi = self.actor.sample(next_obs)  # (B, A), (B,)
+        q_next = self.critic_target(next_obs, next_a).min(dim=0).values  # (B,) min over critics
+        return rew + self.config.gamma * (1.0 - term) * (q_next - alpha * next_log_pi)
+
     def _update(self, obs: Tensor, act: Tensor, rew: Tensor, next_obs: Tensor, term: Tensor) -> Tensor:
         """One gradient step of SAC on a batch; returns detached stats [critic_loss, actor_loss, alpha, entropy].
 
@@ -478,11 +486,7 @@ class SAC:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             alpha = self.log_alpha.detach().exp()  # (1,)
 
-            # Critic target (eq. 6): y = r + gamma (1 - terminated) (min_j Q'_j(s', a') - alpha log pi(a'|s'))
-            with torch.no_grad():
-                next_a, next_log_pi = self.actor.sample(next_obs)  # (B, A), (B,)
-                q_next = self.critic_target(next_obs, next_a).min(dim=0).values  # (B,) min over critics
-                y = rew + cfg.gamma * (1.0 - term) * (q_next - alpha * next_log_pi)  # (B,)
+            y = self.compute_target(rew, next_obs, term, alpha)  # (B,), no autograd
 
             # Critic loss (eq. 5): 1/2 sum_j mean_B (Q_j(s, a) - y)^2 (SB3's scaling), all critics at once
             q = self.critic(obs, act)  # (n, B)
