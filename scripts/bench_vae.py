@@ -145,10 +145,11 @@ QUALITY_MODELS = {
 def part_quality(args, data, out: Path) -> dict:
     results = {}
     for i, (name, (cls, kw)) in enumerate(QUALITY_MODELS.items()):
-        if args.only and args.only not in name:
+        if args.only and not any(part in name for part in args.only.split(",")):
             continue
         seed_everything(args.seed)
-        model = cls(image_shape=data.image_shape, hidden=(400,), sf_samples=args.sf_samples, **kw)
+        model = cls(image_shape=data.image_shape, hidden=(400,), sf_samples=args.sf_samples,
+                    train_samples=args.train_samples, **kw)
         opt = torch.optim.Adam(model.parameters(), lr=args.lr)
         step, t0 = 0, time.perf_counter()
         curve = []
@@ -188,12 +189,16 @@ def main() -> int:
     p.add_argument("--sf-samples", type=int, default=4, help="samples per example of the score-function estimator")
     p.add_argument("--iwae-k", type=int, default=5000, help="importance samples of the IWAE bound")
     p.add_argument("--iwae-n", type=int, default=300, help="test examples the IWAE bound is computed on")
-    p.add_argument("--only", default="", help="quality part: run only the models whose name contains this")
+    p.add_argument("--train-samples", type=int, default=1,
+                   help="latent samples per example of the pathwise estimator (set it to --sf-samples to give "
+                        "both estimators the same samples per step)")
+    p.add_argument("--only", default="",
+                   help="quality part: run only the models whose name contains one of these comma-separated strings")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--out", default="runs/bench_vae", help="output folder")
     args = p.parse_args()
-    for flag in ("batch_size", "repeats", "epochs", "sf_samples", "iwae_k", "iwae_n", "threads"):
+    for flag in ("batch_size", "repeats", "epochs", "sf_samples", "train_samples", "iwae_k", "iwae_n", "threads"):
         if getattr(args, flag) <= 0:
             raise UserError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     set_threads(args.threads)
@@ -207,7 +212,7 @@ def main() -> int:
     if data is None:
         data = load_vae_data("digits", None, "dynamic", seed=args.seed)
     print(f"data: {data.name}, {data.n_train} train / {data.test.shape[0]} test, {torch.get_num_threads()} thread(s)")
-    report = {"data": data.name, "command": " ".join(sys.argv), "torch": torch.__version__}
+    report = {"data": data.name, "command": " ".join(sys.argv), "torch": torch.__version__, "args": vars(args)}
     if args.part in ("timing", "all"):
         t = part_timing(args, data)
         report["timing"] = t
