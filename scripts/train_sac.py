@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 from agents.sac import ENV_DEFAULTS, SAC, SACConfig, config_docs, config_for, evaluate, make_env  # noqa: E402
-from reparam_apps import RunDir, UserError, progress, run_cli  # noqa: E402
+from reparam_apps import RunDir, UserError, progress, run_cli, select_device  # noqa: E402
 from reparam_apps.plotting import plot_curves  # noqa: E402
 
 DETERMINISTIC_KEYS = ["step", "episodes", "episode_return", "episode_length", "critic_loss", "actor_loss",
@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             run.write_json("config.json", saved)
     else:
         config = config_for(env_id, **overrides)
+        select_device(config.device)  # a bad --device fails before the run folder is created
         _check_run_options(args, config.total_steps)
         if args.eval_every is None:
             args.eval_every = max(1, config.total_steps // 10)
