@@ -462,6 +462,7 @@ class SAC:
         self._ep_return = np.zeros(cfg.num_envs)
         self._ep_length = np.zeros(cfg.num_envs, dtype=np.int64)
         self._window: dict[str, Any] = self._new_window()
+        self.episode_returns: list[float] = []  # every finished training episode since construction / load
         self._stop_requested = False
 
     # -- the algorithm -------------------------------------------------------------------------
@@ -575,6 +576,7 @@ class SAC:
             self._ep_length += 1
             for i in np.flatnonzero(done):
                 self._window["returns"].append(float(self._ep_return[i]))
+                self.episode_returns.append(float(self._ep_return[i]))
                 self._window["lengths"].append(int(self._ep_length[i]))
                 self._ep_return[i], self._ep_length[i] = 0.0, 0
                 self.num_episodes += 1

@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:
 
 from agents.sac import SAC, evaluate, make_env  # noqa: E402
 from reparam_apps import UserError, run_cli, set_threads  # noqa: E402
+from reparam_apps.plotting import plot_curves  # noqa: E402
 
 HYPER = dict(learning_rate=1e-3, batch_size=256, learning_starts=100, tau=0.005, gamma=0.99,
              train_freq=1, gradient_steps=1, buffer_size=1_000_000)
@@ -47,7 +48,7 @@ def run_ours(env_id: str, seed: int, eval_at: list[int], episodes: int, bf16: bo
         returns[step] = float(evaluate(model, eval_env, episodes, seed=10_000).mean())
     eval_env.close()
     model.close()
-    return {"steps_per_s": eval_at[-1] / train_s, "returns": returns}
+    return {"steps_per_s": eval_at[-1] / train_s, "returns": returns, "episodes": model.episode_returns}
 
 
 def run_sb3(env_id: str, seed: int, eval_at: list[int], episodes: int) -> dict[str, Any]:
@@ -65,8 +66,10 @@ def run_sb3(env_id: str, seed: int, eval_at: list[int], episodes: int) -> dict[s
         done = step
         returns[step] = float(evaluate(model, eval_env, episodes, seed=10_000).mean())
     eval_env.close()
+    monitor = model.get_env().envs[0]  # SB3 wraps the env in a Monitor: every episode's return
+    episodes_log = [float(r) for r in monitor.get_episode_rewards()]
     env.close()
-    return {"steps_per_s": eval_at[-1] / train_s, "returns": returns}
+    return {"steps_per_s": eval_at[-1] / train_s, "returns": returns, "episodes": episodes_log}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-episodes", type=int, default=10, help="deterministic episodes per evaluation (default: 10)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for both (default: 2)")
     p.add_argument("--bf16", action="store_true", help="also run ours with bf16 autocast (default: off)")
+    p.add_argument("--plot", default=None,
+                   help="PNG of training episode returns, median over seeds, ours vs SB3 (default: none)")
     p.add_argument("--no-sb3", action="store_true", help="skip stable-baselines3 (e.g. a quick MuJoCo check)")
     args = p.parse_args(argv)
     eval_at = sorted(set(args.eval_at))
@@ -132,6 +137,20 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [results["ours"][s]["steps_per_s"] / results["sb3"][s]["steps_per_s"] for s in args.seeds]
         print(f"\nthroughput ratio ours/sb3 per seed: {', '.join(f'{r:.2f}' for r in ratios)}; "
               f"median {statistics.median(ratios):.2f}x")
+    if args.plot:
+        curves, bands = {}, {}
+        for v in variants:
+            n = min(len(r["episodes"]) for r in results[v].values())
+            if n == 0:
+                continue
+            per_seed = np.array([r["episodes"][:n] for r in results[v].values()])  # (seeds, episodes)
+            x = (np.arange(1, n + 1) * eval_at[-1] / n).tolist()  # fixed-length episodes: approx. env steps
+            label = {"ours": "ours (agents.SAC)", "sb3": "stable-baselines3 SAC"}.get(v, v)
+            curves[label] = (x, np.median(per_seed, 0).tolist())
+            bands[label] = (per_seed.min(0).tolist(), per_seed.max(0).tolist())
+        plot_curves(args.plot, curves, "environment steps", "training episode return",
+                    title=f"SAC on {args.env}: median (band: min-max) over seeds {args.seeds}", bands=bands)
+        print(f"wrote {args.plot}")
     print(f"eval returns: mean over {args.eval_episodes} deterministic episodes; table cells are per seed, "
           f"then the median over seeds; np {np.__version__}")
     return 0
