@@ -227,6 +227,7 @@ def run_toy(args, run: RunDir, device: torch.device) -> dict:
     fit(baseline, base_lik, x, y, args, "toy deterministic", bayesian=False)
 
     grid = torch.linspace(-0.4, 1.2, 321, device=device)[:, None]
+    bnn.set_sampling(model, "reparam")  # one weight sample per pass: every sample is a whole, smooth function
     pred = bnn.predict(model, grid, n_samples=args.test_samples, likelihood=likelihood)
     with torch.no_grad():
         base_mean = baseline(grid)
