@@ -359,11 +359,12 @@ def run_classify(args, run: RunDir, device: torch.device) -> dict:
 
     conf, acc, count = bnn.reliability_bins(pred.probs, y_te, 15)
     fig, ax = plt.subplots(figsize=(4.5, 4.2))
-    centers = (torch.arange(15) + 0.5) / 15
-    used = count.cpu() > 0
-    ax.bar(centers[used], acc.cpu()[used], width=1 / 15, edgecolor="k", alpha=0.7, label="accuracy")
+    centers = ((np.arange(15) + 0.5) / 15)
+    used = count.cpu().numpy() > 0
+    conf, acc = conf.cpu().numpy(), acc.cpu().numpy()
+    ax.bar(centers[used], acc[used], width=1 / 15, edgecolor="k", alpha=0.7, label="accuracy")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    ax.plot(conf.cpu()[used], acc.cpu()[used], "C3o", ms=3, label="(confidence, accuracy)")
+    ax.plot(conf[used], acc[used], "C3o", ms=3, label="(confidence, accuracy)")
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_title(f"{args.dataset}: ECE {summary['ece']:.3f}")
