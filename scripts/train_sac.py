@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bar.close()
         signal.signal(signal.SIGINT, previous)
+        if writer is not None:
+            writer.flush()
     if interrupted["flag"]:
         model.save(run.file("latest.pt"))
         print(f"interrupted at step {model.num_timesteps}: saved {run.file('latest.pt')}; continue with "
