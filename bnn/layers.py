@@ -72,6 +72,57 @@ def _check_init_rho(init_rho: float, dtype: torch.dtype) -> float:
     return init_rho
 
 
+_WEIGHT, _DELTA, _VARIANCE = 0, 1, 2  # what the fused op returns: mu + sigma eps, sigma eps, sigma^2
+
+
+class _FusedGaussianPosterior(torch.autograd.Function):
+    """One node for the hot path of a Gaussian-prior layer: sigma = softplus(rho) computed once, the layer's
+    input built from it (weight mu + sigma eps, perturbation sigma eps, or variance sigma^2), and the closed-form
+    KL(N(mu, sigma^2) || N(m, s^2)) summed, with an analytic backward (a handful of elementwise passes instead
+    of autograd's ~20). The noise eps comes from the core (``Normal.sample_noise``); tests check the value and
+    both gradients against the unfused ``Normal.transform`` + ``kl_normal_normal`` path."""
+
+    @staticmethod
+    def forward(ctx, mu: Tensor, rho: Tensor, eps: Tensor | None, kind: int, loc_p: float, scale_p: float):
+        sigma = F.softplus(rho)  # sigma = log(1 + exp(rho))
+        if kind == _WEIGHT:
+            out = torch.addcmul(mu, sigma, eps)  # w = mu + sigma * eps
+        elif kind == _DELTA:
+            out = sigma * eps  # dW = sigma * eps (Flipout)
+        else:
+            out = sigma.square()  # sigma^2 (local reparameterization)
+        # sum_i [log(s / sigma_i) + (sigma_i^2 + (mu_i - m)^2) / (2 s^2) - 1/2], by reductions:
+        # n (log s - 1/2) - sum log sigma + (|sigma|^2 + |mu - m|^2) / (2 s^2)
+        centred = mu if loc_p == 0.0 else mu - loc_p
+        flat_sigma, flat_mu = sigma.reshape(-1), centred.reshape(-1)
+        kl = (sigma.numel() * (math.log(scale_p) - 0.5) - sigma.log().sum()
+              + (torch.dot(flat_sigma, flat_sigma) + torch.dot(flat_mu, flat_mu)) / (2.0 * scale_p**2))
+        ctx.save_for_backward(centred, rho, sigma, eps)
+        ctx.kind, ctx.inv_var_p = kind, 1.0 / scale_p**2
+        return out, kl
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor, grad_kl: Tensor):
+        centred, rho, sigma, eps = ctx.saved_tensors
+        # dKL/dmu = (mu - m) / s^2;  dKL/dsigma = sigma / s^2 - 1 / sigma
+        grad_mu = centred * (grad_kl * ctx.inv_var_p)
+        grad_sigma = sigma * (grad_kl * ctx.inv_var_p) - grad_kl * sigma.reciprocal()
+        if ctx.kind == _WEIGHT:
+            grad_mu += grad_out  # dw/dmu = 1
+            grad_sigma.addcmul_(grad_out, eps)  # dw/dsigma = eps
+        elif ctx.kind == _DELTA:
+            grad_sigma.addcmul_(grad_out, eps)
+        else:
+            grad_sigma.addcmul_(grad_out, sigma, value=2.0)  # d sigma^2 / d sigma = 2 sigma
+        grad_rho = grad_sigma.mul_(torch.sigmoid(rho))  # d softplus(rho) / d rho = sigmoid(rho)
+        return grad_mu, grad_rho, None, None, None, None
+
+
+def _standard_noise(shape: torch.Size | tuple, like: Tensor) -> Tensor:
+    """eps ~ N(0, I) of ``shape`` from the core's Normal (the fused op applies the transform itself)."""
+    return Normal(like.new_zeros(()), like.new_ones(()), validate_args=False).sample_noise(tuple(shape))
+
+
 class BayesLayer(nn.Module):
     """Shared machinery of the Bayesian layers (parameters, modes, KL). Subclasses define
     ``_affine(x, weight, bias)`` (the deterministic layer) and ``_signs_shape``."""
@@ -156,6 +207,9 @@ class BayesLayer(nn.Module):
         b_mu = self.bias_mu
         if self.noise == "mean":
             return self._affine(x, self._masked(self.weight_mu), b_mu)
+        if (self.noise == "sample" and self.kl_is_closed_form and self.weight_mask is None
+                and torch.is_grad_enabled() and self.weight_mu.requires_grad):
+            return self._fused_forward(x)
         w_sigma, b_sigma = self.weight_sigma(), self.bias_sigma()  # softplus once per forward
         q_w = Normal(self.weight_mu, w_sigma, validate_args=False)
         q_b = None if b_sigma is None else Normal(b_mu, b_sigma, validate_args=False)
@@ -204,12 +258,46 @@ class BayesLayer(nn.Module):
             self._kl_cache = (w_sigma, b_sigma, None, None)
         return out
 
+    def _fused_forward(self, x: Tensor) -> Tensor:
+        """Training hot path (Gaussian prior, closed-form KL): one fused node per parameter tensor gives the
+        layer's input and its KL together; kl_divergence() returns that KL."""
+        loc_p, scale_p = self.prior.gaussian()
+        b_mu = self.bias_mu
+        kind = {"reparam": _WEIGHT, "flipout": _DELTA, "local": _VARIANCE}[self.sampling]
+        eps_w = None if kind == _VARIANCE else _standard_noise(self.weight_mu.shape, self.weight_mu)
+        w_term, kl = _FusedGaussianPosterior.apply(self.weight_mu, self.weight_rho, eps_w, kind, loc_p, scale_p)
+        b_term = b_mu
+        if self.bias_rho is not None:
+            eps_b = None if kind == _VARIANCE else _standard_noise(b_mu.shape, b_mu)
+            b_term, kl_b = _FusedGaussianPosterior.apply(b_mu, self.bias_rho, eps_b, kind, loc_p, scale_p)
+            kl = kl + kl_b
+        self._kl_cache = ("fused", kl)
+        if kind == _WEIGHT:
+            return self._affine(x, w_term, b_term)  # one weight sample per minibatch
+        if kind == _VARIANCE:
+            # Kingma et al. 2015, eq. 6: b ~ N(x mu, x^2 sigma^2)
+            gamma = self._affine(x, self.weight_mu, b_mu)
+            delta = self._affine(x.square(), w_term, None if self.bias_rho is None else b_term)
+            std = delta.clamp_min(torch.finfo(delta.dtype).tiny).sqrt()
+            return Normal(gamma, std, validate_args=False).rsample()
+        # Flipout (Wen et al. 2018, eq. 4), signs from the core's standard-normal noise
+        shape_in, shape_out = self._signs_shapes(x, self.weight_mu.shape[0])
+        n_in = math.prod(shape_in[1:])
+        signs = _standard_noise((x.shape[0], n_in + math.prod(shape_out[1:])), x).sign()
+        sign_in, sign_out = signs[:, :n_in].reshape(shape_in), signs[:, n_in:].reshape(shape_out)
+        delta_b = None if self.bias_rho is None else b_term
+        return self._affine(x, self.weight_mu, b_mu) + self._affine(x * sign_in, w_term, delta_b) * sign_out
+
     # -- KL --------------------------------------------------------------------------------
     def kl_divergence(self) -> Tensor:
         """KL(q || p) of this layer (a scalar): closed form for a Gaussian prior, else the Monte Carlo
         estimate log q(w) - log p(w) on the weight sample the last forward pass used (a fresh draw when
         that pass formed no weight sample: local reparameterization or the mean network)."""
         cache, self._kl_cache = self._kl_cache, None  # each forward's sample feeds at most one KL
+        if cache is not None and cache[0] == "fused":
+            if cache[1].requires_grad or not torch.is_grad_enabled():
+                return cache[1]  # computed with the forward pass by the fused op
+            cache = None
         usable = cache is not None and (cache[0].requires_grad or not torch.is_grad_enabled())
         w_sigma, b_sigma = (cache[0], cache[1]) if usable else (self.weight_sigma(), self.bias_sigma())
         mask = self.weight_mask
