@@ -465,12 +465,16 @@ def bayesianize(model: nn.Module, prior: Prior | None = None, init_rho: float = 
 
     ``moped_delta=None``: fresh means (nn's default init) and rho = init_rho.
     ``moped_delta=d`` (MOPED, Krishnan et al. 2020): means = the trained weights, sigma = d * |w|
-    (floored at the smallest positive float so rho stays finite). Returns ``model``.
+    (floored at the smallest positive float so rho stays finite). Returns ``model`` (or, for a bare
+    ``nn.Linear`` / ``nn.Conv2d``, its Bayesian replacement).
     """
     if moped_delta is not None and not (float(moped_delta) > 0 and math.isfinite(moped_delta)):
         raise ValueError(f"moped_delta must be a positive number (sigma = delta * |w|), got {moped_delta}")
     kwargs = {"prior": prior, "init_rho": init_rho, "sampling": sampling, "kl_method": kl_method,
               "bayesian_bias": bayesian_bias}
+    if isinstance(model, (nn.Linear, nn.Conv2d)):  # a bare layer: convert it through a one-slot container
+        holder = bayesianize(nn.Sequential(model), moped_delta=moped_delta, **kwargs)
+        return holder[0]
     for name, child in list(model.named_children()):
         if isinstance(child, BayesLayer):
             continue

@@ -312,6 +312,9 @@ def test_bayesianize_preserves_architecture_and_moped_with_tiny_sigma_preserves_
     # a fresh bayesianize gives rho = init_rho and nn's default mean init
     fresh = bnn.bayesianize(_Net(), init_rho=-4.0)
     assert torch.all(fresh.head[1].weight_rho == -4.0)
+    bare = nn.Linear(3, 2)
+    single = bnn.bayesianize(bare, moped_delta=0.1)
+    assert isinstance(single, BayesLinear) and torch.equal(single.weight_mu, bare.weight)
 
 
 # -- pruning ----------------------------------------------------------------------------------
