@@ -170,7 +170,7 @@ def fit(model: nn.Module, likelihood: bnn.Likelihood, x: torch.Tensor, y: torch.
         on_epoch=None) -> list[dict]:
     """Adam on the per-example negative ELBO (or the mean NLL for a deterministic net), shuffled minibatches."""
     params = list(model.parameters()) + list(likelihood.parameters())
-    optimizer = torch.optim.Adam(params, lr=args.lr, foreach=True)
+    optimizer = torch.optim.Adam(params, lr=args.lr, fused=True)
     n = x.shape[0]
     n_batches = math.ceil(n / args.batch_size)
     history = []
