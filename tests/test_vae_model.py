@@ -124,7 +124,7 @@ def test_logvar_is_clamped_to_documented_range():
     m = VAE(image_shape=(2, 2), latent_dim=1, hidden=())
     with torch.no_grad():
         m.encoder.net[0].bias.copy_(torch.tensor([0.0, 50.0]))
-    assert float(m.encode_params(torch.zeros(1, 4))[1]) == LOGVAR_RANGE[1]
+    assert float(m.encode_params(torch.zeros(1, 4))[1].detach()) == LOGVAR_RANGE[1]
 
 
 # --------------------------------------------------------------------------------------------- estimators
