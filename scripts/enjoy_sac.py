@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,8 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     env_id = model.config.env_id
     frames: list[np.ndarray] | None = [] if args.render else None
     env = make_env(env_id, render_mode=args.render)
-    returns = evaluate(model, env, args.episodes, seed=args.seed, deterministic=not args.stochastic, frames=frames)
-    env.close()
+    try:
+        returns = evaluate(model, env, args.episodes, seed=args.seed, deterministic=not args.stochastic,
+                           frames=frames)
+    except gym.error.DependencyNotInstalled as err:  # rendering needs e.g. pygame for classic control
+        raise UserError(f"--render needs an optional dependency: {str(err).strip().splitlines()[0]}") from None
+    finally:
+        env.close()
     print(f"{env_id}: {args.episodes} episodes, return {returns.mean():.1f} +- {returns.std():.1f} "
           f"(min {returns.min():.1f}, max {returns.max():.1f}; checkpoint step {model.num_timesteps})")
     if frames:
