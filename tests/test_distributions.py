@@ -296,3 +296,14 @@ def test_tanh_normal_fused_gradient_matches_plain_ops(bounds, sample_shape):
         torch.testing.assert_close(lp, outs[1][1])
     grads = [torch.autograd.grad((a * w_a).sum() + (lp * w_l).sum(), (loc, scale)) for a, lp in outs]
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_gumbel_softmax_and_tanh_transforms_match_finite_differences():
+    logits = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    eps = ra.GumbelSoftmax(logits.detach(), 0.7).sample_noise((2,))
+    assert torch.autograd.gradcheck(lambda lg: ra.GumbelSoftmax(lg, 0.7).transform(eps), (logits,))
+    loc = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    scale = (torch.rand(3, 2, dtype=torch.float64) + 0.3).requires_grad_()
+    e = torch.randn(5, 3, 2, dtype=torch.float64)
+    low, high = torch.tensor([-1.0, 0.0]), torch.tensor([2.0, 4.0])
+    assert torch.autograd.gradcheck(lambda m, s: ra.TanhNormal(m, s, low, high).transform(e), (loc, scale))
