@@ -188,6 +188,8 @@ def main() -> int:
     p.add_argument("--no-peers", action="store_true", help="skip bayesian-torch and blitz (default: use if installed)")
     p.add_argument("--accuracy", action="store_true", help="also train every model and compare test error/NLL "
                    "(default off)")
+    p.add_argument("--no-timing", action="store_true", help="skip the timing table (e.g. with --accuracy) "
+                   "(default: time)")
     p.add_argument("--data-dir", default=None, help="MNIST IDX folder for --accuracy (default: embedded digits)")
     p.add_argument("--epochs", type=int, default=10, help="--accuracy training epochs (default 10)")
     p.add_argument("--test-samples", type=int, default=16, help="--accuracy MC samples at test (default 16)")
@@ -200,7 +202,15 @@ def main() -> int:
     models = build_models(args)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, MLP {'-'.join(map(str, SIZES))}, "
           f"batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps, median ms/step")
-    ms = time_steps(models, args)
+    if not args.no_timing:
+        print_timing(time_steps(models, args))
+    if args.accuracy:
+        seed_everything(0)
+        accuracy_comparison(build_models(args), args)
+    return 0
+
+
+def print_timing(ms: dict[str, float]) -> None:
     plain = ms["plain MLP"]
     peers = {name: v for name, v in ms.items() if not name.startswith(("ours", "plain"))}
     header = "| model | ms/step | x plain |" + "".join(f" speed-up vs {n} |" for n in peers)
@@ -209,10 +219,6 @@ def main() -> int:
     for name, v in ms.items():
         cells = "".join(f" {peer_ms / v:.2f}x |" for peer_ms in peers.values())
         print(f"| {name} | {v:.2f} | {v / plain:.2f} |{cells}")
-    if args.accuracy:
-        seed_everything(0)
-        accuracy_comparison(build_models(args), args)
-    return 0
 
 
 if __name__ == "__main__":
