@@ -274,3 +274,18 @@ def test_load_rejects_corrupt_and_foreign_checkpoints(tmp_path):
     torch.save(obj, tmp_path / "w.pt")
     with pytest.raises(CheckpointError, match="do not fit"):
         load_model(tmp_path / "w.pt")
+
+
+@pytest.mark.parametrize("cls,kw", [(VAE, dict(latent_dim=3)), (CategoricalVAE, dict(n_latents=3, n_classes=4))])
+def test_loss_is_the_beta_weighted_negative_elbo(cls, kw):
+    """Pathwise loss (2) = -mean(rec - beta KL); the reported stats are the beta = 1 ELBO terms."""
+    m = cls(image_shape=(4, 4), hidden=(8,), **kw)
+    x = torch.rand(6, 16, generator=torch.Generator().manual_seed(0)).bernoulli()
+    for beta in (0.0, 0.5, 2.0):
+        torch.manual_seed(1)
+        loss, st = m.loss(x, beta=beta)
+        n = float(st["n"])
+        assert n == 6
+        torch.testing.assert_close(loss.detach(), -(st["rec"] - beta * st["kl"]) / n)
+        torch.testing.assert_close(st["elbo"], st["rec"] - st["kl"])
+    assert float(st["kl"]) > 0
