@@ -49,8 +49,8 @@ def test_short_training_improves_test_elbo_by_a_clear_margin(digits, name, make)
     base = marginal_baseline(digits)
     assert after["elbo"] > before + 12.0, (name, before, after)
     assert after["elbo"] > base - 1.0, (name, base, after)  # at least close to the best latent-free model
-    if name == "gaussian/pathwise":
-        assert after["elbo"] > base + 0.5, (base, after)  # and the pathwise Gaussian VAE beats it
+    if name.startswith("gaussian"):
+        assert after["elbo"] > base + 0.5, (base, after)  # the Gaussian VAEs beat it (by ~2 nats at 8 epochs)
 
 
 @pytest.fixture(scope="module")
