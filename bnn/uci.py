@@ -51,7 +51,7 @@ def uci_folder(data_dir: str | os.PathLike, dataset: str) -> Path:
         raise ValueError(f"unknown UCI dataset {dataset!r}: choose one of {', '.join(UCI_DATASETS)}")
     root = Path(data_dir)
     if not root.is_dir():
-        raise DataError(f"UCI data folder {root} does not exist; {_HINT}")
+        raise DataError(f"UCI data folder {root} does not exist; " + _HINT.replace("<name>", UCI_DATASETS[dataset]))
     folder = root / UCI_DATASETS[dataset]
     if not folder.is_dir() and (root / "uci" / UCI_DATASETS[dataset]).is_dir():
         folder = root / "uci" / UCI_DATASETS[dataset]  # accept the parent of uci/ too
