@@ -22,20 +22,24 @@ def kl_normal_std_normal(loc: Tensor, log_var: Tensor) -> Tensor:
     return 0.5 * (log_var.exp() + loc.square() - 1.0 - log_var)
 
 
-def mc_kl(q: Distribution, p: Distribution, n_samples: int = 1, z: Tensor | None = None) -> Tensor:
+def mc_kl(q: Distribution, p: Distribution, n_samples: int = 1, z: Tensor | None = None,
+          log_q: Tensor | None = None) -> Tensor:
     """Monte Carlo KL(q || p) = E_q[log q(z) - log p(z)], averaged over n_samples draws.
 
     With ``z`` given (samples drawn from q, leading sample dim), uses them instead of drawing, so
-    the KL is estimated on the sample actually used elsewhere (Blundell et al. 2015).
-    Reparameterized draws keep it differentiable w.r.t. q's parameters.
+    the KL is estimated on the sample actually used elsewhere (Blundell et al. 2015); pass ``log_q``
+    too when it is already known (e.g. from ``rsample_and_log_prob``, exact where log_prob(z) would
+    have to invert the transform). Reparameterized draws keep it differentiable w.r.t. q's parameters.
     """
     if z is None:
+        if log_q is not None:
+            raise ValueError("log_q without z: pass the samples it belongs to")
         if hasattr(q, "rsample_and_log_prob"):
             z, log_q = q.rsample_and_log_prob((n_samples,))
         else:
             z = q.rsample((n_samples,)) if q.has_rsample else q.sample((n_samples,))
             log_q = q.log_prob(z)
-    else:
+    elif log_q is None:
         log_q = q.log_prob(z)
     return (log_q - p.log_prob(z)).mean(0)
 

@@ -18,6 +18,10 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_c
            "CheckpointError", "MetricsCSV", "RunDir"]
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, corrupt or belongs to something else."""
 
@@ -33,6 +37,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

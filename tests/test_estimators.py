@@ -182,6 +182,7 @@ def test_monte_carlo_kl_is_unbiased_and_differentiable():
     assert torch.isfinite(mq.grad).all() and mq.grad.abs().sum() > 0
     # With the sample given, it is exactly log q(z) - log p(z) on that sample.
     torch.testing.assert_close(ra.mc_kl(q, p, z=z[:3]), terms[:3].mean(0))
+    torch.testing.assert_close(ra.mc_kl(q, p, z=z[:3], log_q=log_q[:3]), terms[:3].mean(0))
 
 
 def test_per_element_objective_pairs_terms_and_stays_unbiased():
@@ -196,7 +197,7 @@ def test_per_element_objective_pairs_terms_and_stays_unbiased():
     for b in (None, "mean"):
         for per_element in (True, False):
             f = (lambda z: (z - k) ** 2) if per_element else (lambda z: ((z - k) ** 2).sum(-1))
-            est = lambda: ra.score_function_gradient(f, fac, mu.clone().requires_grad_(), 8, b)  # noqa: E731
+            est = lambda f=f, b=b: ra.score_function_gradient(f, fac, mu.clone().requires_grad_(), 8, b)  # noqa: E731
             s = ra.estimator_stats(est, 3000)
             assert bool(((s.mean - truth).abs() < 5 * s.mean_standard_error()).all())
             stats[b, per_element] = s.total_variance
