@@ -382,10 +382,12 @@ class TanhNormal(ReparamDistribution):
         if low is not None:
             self.low = _as_tensor(low, self.loc).to(self.loc)  # bounds follow the parameters' dtype/device
             self.high = _as_tensor(high, self.loc).to(self.loc)
-            if not (torch.isfinite(self.low).all() and torch.isfinite(self.high).all()):
-                raise ValueError("low and high must be finite: a tanh policy cannot cover an unbounded box")
-            if not bool((self.high > self.low).all()):
-                raise ValueError("low must be < high in every dimension")
+            self._validate = _DEFAULT_VALIDATE if validate_args is None else bool(validate_args)
+            if self._validate:  # these checks sync the device: off on the hot path
+                if not (torch.isfinite(self.low).all() and torch.isfinite(self.high).all()):
+                    raise ValueError("low and high must be finite: a tanh policy cannot cover an unbounded box")
+                if not bool((self.high > self.low).all()):
+                    raise ValueError("low must be < high in every dimension")
             self._half_range = 0.5 * (self.high - self.low)
             self._mid = 0.5 * (self.high + self.low)
             self._log_half_range = self._half_range.log()
