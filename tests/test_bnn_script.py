@@ -35,7 +35,7 @@ def _one_thread():
 
 def test_toy_intervals_widen_off_the_data(train_bnn, tmp_path):
     out = tmp_path / "toy"
-    # a short run (300 full-ish-batch steps); the full default run gives a x7.9 widening (docs/bnn.md)
+    # a short run (300 full-ish-batch steps); the full default run gives a x8.9 widening (README, Bayes by Backprop)
     assert train_bnn.main(["toy", "--epochs", "300", "--batch-size", "50", "--lr", "1e-2", "--init-rho", "-2",
                            "--hidden", "32", "--test-samples", "64", "--out", str(out), "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
