@@ -13,14 +13,7 @@ from torch import nn
 import bnn
 from bnn import BayesConv2d, BayesLinear
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP overhead (and oversubscription on a shared 2-core CI box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _set_params(layer: bnn.BayesLayer, seed: int = 0, sigma_range=(0.05, 0.6)) -> None:

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from reparam_apps import UserError
 from reparam_apps.data import DataError
@@ -25,12 +24,7 @@ def train_bnn():
     return module
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_toy_intervals_widen_off_the_data(train_bnn, tmp_path):

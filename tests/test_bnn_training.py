@@ -11,13 +11,7 @@ from torch import nn
 import bnn
 from reparam_apps.data import DataError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _hand_layer() -> bnn.BayesLinear:

@@ -19,12 +19,7 @@ from reparam_apps import CheckpointError, TanhNormal
 SMALL = dict(hidden_sizes=(32, 32), batch_size=32, learning_starts=50, total_steps=400, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TerminatingEnv(gym.Env):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from agents import SAC, evaluate
 
@@ -12,12 +11,7 @@ RANDOM_POLICY_RETURN = -1200.0  # Pendulum-v1 with uniform random actions: about
 THRESHOLD = -400.0  # SB3 / the RL zoo reach about -160 at 20k steps; a learned swing-up scores above -400
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_pendulum_learns_within_a_few_thousand_steps():
