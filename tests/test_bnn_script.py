@@ -1,13 +1,13 @@
 """scripts/train_bnn.py end to end: the toy intervals widen off the data, a short classification run
 learns, the run folder is complete, and bad input gives one line and exit code 2."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from reparam_apps import UserError
 from reparam_apps.data import DataError
@@ -18,10 +18,7 @@ SCRIPT = ROOT / "scripts" / "train_bnn.py"
 
 @pytest.fixture(scope="module")
 def train_bnn():
-    spec = importlib.util.spec_from_file_location("train_bnn", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_bnn")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

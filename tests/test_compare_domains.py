@@ -1,22 +1,16 @@
 """The cross-domain comparison: one --quick run end to end, then its numbers checked against the
 closed forms and the statistical claims the README makes."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 
 from reparam_apps.toy import TOY_OBJECTIVES
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("compare_domains", ROOT / "scripts" / "compare_domains.py")
-compare_domains = importlib.util.module_from_spec(spec)
-sys.modules["compare_domains"] = compare_domains  # dataclasses look their module up by name
-spec.loader.exec_module(compare_domains)
+compare_domains = load_script("compare_domains")
 MU, SIGMA = compare_domains.TOY_MU, compare_domains.TOY_SIGMA
 
 BIASED_BY_DESIGN = {"gumbel-softmax", "straight-through"}

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 import torch
+from conftest import load_script
 
 from agents import SAC, SACConfig
 from reparam_apps import run_cli
@@ -25,10 +25,7 @@ FAST = ["--hidden-sizes", "32", "32", "--batch-size", "32", "--threads", "1", "-
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(name)
 
 
 train = _load("train_sac")

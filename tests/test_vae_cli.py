@@ -1,12 +1,12 @@
 """scripts/train_vae.py end to end (in-process for speed, one subprocess for the real exit code)."""
 
 import csv
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from reparam_apps import run_cli
 
@@ -18,10 +18,7 @@ FAST = ["--hidden", "32", "--latent-dim", "2", "--batch-size", "64", "--iwae-k",
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("train_vae_script", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("train_vae")
 
 
 def run(script, monkeypatch, capsys, *args) -> tuple[int, str, str]:
