@@ -14,6 +14,7 @@ from .distributions import (
     LogNormal,
     Normal,
     ReparamDistribution,
+    SquashBox,
     TanhNormal,
     set_default_validate_args,
 )
@@ -40,7 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ReparamDistribution", "Normal", "Laplace", "Logistic", "LogNormal", "Gumbel", "GumbelSoftmax",
-    "TanhNormal", "set_default_validate_args",
+    "TanhNormal", "SquashBox", "set_default_validate_args",
     "pathwise_gradient", "score_function_gradient", "estimator_stats", "EstimatorStats",
     "flatten_gradient",
     "kl_normal_normal", "kl_normal_std_normal", "mc_kl", "kl_divergence",

@@ -22,7 +22,7 @@ from numbers import Number
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Distribution, OneHotCategorical
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "Gumbel",
     "GumbelSoftmax",
     "TanhNormal",
+    "SquashBox",
     "set_default_validate_args",
 ]
 
@@ -361,6 +362,42 @@ class GumbelSoftmax(ReparamDistribution):
         raise NotImplementedError("the Concrete distribution has no closed-form mean")
 
 
+def _box_constants(low, high, like: Tensor, validate: bool) -> tuple[Tensor, ...]:
+    """low, high, mid = (high + low) / 2, half = (high - low) / 2 and log(half), in like's dtype/device."""
+    low = _as_tensor(low, like).to(like)
+    high = _as_tensor(high, like).to(like)
+    if validate:  # these checks sync the device: off on the hot path
+        if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+            raise ValueError("low and high must be finite: a tanh policy cannot cover an unbounded box")
+        if not bool((high > low).all()):
+            raise ValueError("low must be < high in every dimension")
+    half = 0.5 * (high - low)
+    return low, high, 0.5 * (high + low), half, half.log()
+
+
+class SquashBox(nn.Module):
+    """The box [low, high] that a ``TanhNormal`` squashes into, with its constants computed once.
+
+    ``TanhNormal(loc, scale, box=box)`` is ``TanhNormal(loc, scale, low, high)`` without the per-call
+    work on the bounds (a policy builds one distribution per step). A module, so that it follows its
+    owner's ``.to(device)``. Buffers: low, high, mid = (high + low) / 2, half_range = (high - low) / 2,
+    log_half_range = log(half_range), and log_volume = sum(log_half_range), the log-det of the rescaling.
+    """
+
+    def __init__(self, low: Tensor | Number, high: Tensor | Number):
+        super().__init__()
+        like = high if isinstance(high, Tensor) else low if isinstance(low, Tensor) else None
+        if like is None or not like.is_floating_point():
+            like = torch.empty((), dtype=torch.get_default_dtype(), device=None if like is None else like.device)
+        low, high, mid, half, log_half = _box_constants(low, high, like, validate=True)
+        for name, value in (("low", low), ("high", high), ("mid", mid), ("half_range", half),
+                            ("log_half_range", log_half), ("log_volume", log_half.sum())):
+            self.register_buffer(name, value.clone())
+
+    def extra_repr(self) -> str:
+        return f"low={self.low.tolist()}, high={self.high.tolist()}"
+
+
 class TanhNormal(ReparamDistribution):
     """Tanh-squashed diagonal Gaussian, optionally rescaled to the box [low, high].
 
@@ -368,30 +405,30 @@ class TanhNormal(ReparamDistribution):
     log q(action) = log N(u) - sum log(1 - tanh(u)^2) - sum log((high - low) / 2), with
     log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)): exact and finite for any |u|.
     One event dim by default (the action vector), so ``log_prob`` returns one value per action.
+    Bounds: ``low`` and ``high``, or a ``SquashBox`` (``box=``) that holds their constants precomputed.
     """
 
     def __init__(self, loc, scale, low=None, high=None, event_dims: int = 1,
-                 validate_args: bool | None = None):
+                 validate_args: bool | None = None, box: SquashBox | None = None):
         self.loc, self.scale = _broadcast_loc_scale(loc, scale)
         self._base = None
         if (low is None) != (high is None):
             raise ValueError("give both low and high action bounds, or neither")
-        self.low = self.high = None
-        self._log_half_range = None
-        log_volume = 0.0  # sum over the event of log((high - low) / 2)
+        if box is not None and low is not None:
+            raise ValueError("give the bounds either as low and high or as box, not both")
+        self._validate = _DEFAULT_VALIDATE if validate_args is None else bool(validate_args)
         if low is not None:
-            self.low = _as_tensor(low, self.loc).to(self.loc)  # bounds follow the parameters' dtype/device
-            self.high = _as_tensor(high, self.loc).to(self.loc)
-            self._validate = _DEFAULT_VALIDATE if validate_args is None else bool(validate_args)
-            if self._validate:  # these checks sync the device: off on the hot path
-                if not (torch.isfinite(self.low).all() and torch.isfinite(self.high).all()):
-                    raise ValueError("low and high must be finite: a tanh policy cannot cover an unbounded box")
-                if not bool((self.high > self.low).all()):
-                    raise ValueError("low must be < high in every dimension")
-            self._half_range = 0.5 * (self.high - self.low)
-            self._mid = 0.5 * (self.high + self.low)
-            self._log_half_range = self._half_range.log()
-            log_volume = _sum_rightmost(self._log_half_range.expand(self.loc.shape), event_dims)
+            low, high, mid, half, log_half = _box_constants(low, high, self.loc, self._validate)
+        elif box is not None:  # constants computed once by the box: no per-call work
+            low, high, mid, half, log_half = box.low, box.high, box.mid, box.half_range, box.log_half_range
+        else:
+            low = high = mid = half = log_half = None
+        self.low, self.high, self._mid, self._half_range, self._log_half_range = low, high, mid, half, log_half
+        log_volume = 0.0  # sum over the event of log((high - low) / 2)
+        if box is not None and event_dims == 1 and box.log_half_range.shape == self.loc.shape[-1:]:
+            log_volume = box.log_volume
+        elif log_half is not None:
+            log_volume = _sum_rightmost(log_half.expand(self.loc.shape), event_dims)
         super().__init__(self.loc.shape, event_dims, validate_args)
         self._check_positive("scale", self.scale)
         # Constant part of log q per event: -(log sqrt(2 pi) + 2 log 2) per dim - log volume.

@@ -102,13 +102,22 @@ def test_fused_ensemble_equals_independent_mlps(n):
     assert q.shape == (n, 10)
     for j in range(n):
         torch.testing.assert_close(q[j], _member_mlp(critic, j, obs, act))
+    # Gradients too: the weights' (loss weighted per member and row) and the action's.
+    weights = torch.randn(n, 10)
+    grads = torch.autograd.grad((critic(obs, act) * weights).sum(), list(critic.parameters()))
+    ref = sum((_member_mlp(critic, j, obs, act) * weights[j]).sum() for j in range(n))
+    for g, r in zip(grads, torch.autograd.grad(ref, list(critic.parameters())), strict=True):
+        torch.testing.assert_close(g, r)
     # Members are initialised independently (not copies).
     if n > 1:
         assert not torch.equal(critic.weights[0][0], critic.weights[0][1])
     # detach_params: same values, no gradient into the weights, gradient into the action.
     act.requires_grad_(True)
-    critic(obs, act, detach_params=True).sum().backward()
+    (critic(obs, act, detach_params=True) * weights).sum().backward()
     assert all(p.grad is None for p in critic.parameters()) and act.grad is not None
+    act_ref = act.detach().clone().requires_grad_(True)
+    sum((_member_mlp(critic, j, obs, act_ref) * weights[j]).sum() for j in range(n)).backward()
+    torch.testing.assert_close(act.grad, act_ref.grad)
 
 
 def test_target_on_hand_made_transitions():
