@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reparam_apps import Normal, kl_normal_normal
+from reparam_apps import Normal, kl_normal_normal, native
 
 from .priors import GaussianPrior, Prior
 
@@ -120,8 +120,23 @@ class _FusedGaussianPosterior(torch.autograd.Function):
 
 
 def _standard_noise(shape: torch.Size | tuple, like: Tensor) -> Tensor:
-    """eps ~ N(0, I) of ``shape`` from the core's Normal (the fused op applies the transform itself)."""
+    """eps ~ N(0, I) of ``shape``: the core's native counter-based stream where it can serve ``like``
+    (float32 CPU), else the core's ``Normal.sample_noise`` (the fused op applies the transform itself)."""
+    if native.usable_for(like):
+        return native.standard_normal(tuple(shape))
     return Normal(like.new_zeros(()), like.new_ones(()), validate_args=False).sample_noise(tuple(shape))
+
+
+_NATIVE_KINDS = {_WEIGHT: "sample", _DELTA: "perturbation", _VARIANCE: "variance"}
+
+
+def _gaussian_posterior(mu: Tensor, rho: Tensor, kind: int, loc_p: float, scale_p: float) -> tuple[Tensor, Tensor]:
+    """(layer input, closed-form KL) for one parameter tensor: the core's native kernel when it can serve the
+    tensors (noise drawn, transformed and reduced in one pass), else the eager fused node."""
+    if native.usable_for(mu, rho):
+        return native.gaussian_posterior(mu, rho, _NATIVE_KINDS[kind], loc_p, scale_p)
+    eps = None if kind == _VARIANCE else _standard_noise(mu.shape, mu)
+    return _FusedGaussianPosterior.apply(mu, rho, eps, kind, loc_p, scale_p)
 
 
 class BayesLayer(nn.Module):
@@ -265,12 +280,10 @@ class BayesLayer(nn.Module):
         loc_p, scale_p = self.prior.gaussian()
         b_mu = self.bias_mu
         kind = {"reparam": _WEIGHT, "flipout": _DELTA, "local": _VARIANCE}[self.sampling]
-        eps_w = None if kind == _VARIANCE else _standard_noise(self.weight_mu.shape, self.weight_mu)
-        w_term, kl = _FusedGaussianPosterior.apply(self.weight_mu, self.weight_rho, eps_w, kind, loc_p, scale_p)
+        w_term, kl = _gaussian_posterior(self.weight_mu, self.weight_rho, kind, loc_p, scale_p)
         b_term = b_mu
         if self.bias_rho is not None:
-            eps_b = None if kind == _VARIANCE else _standard_noise(b_mu.shape, b_mu)
-            b_term, kl_b = _FusedGaussianPosterior.apply(b_mu, self.bias_rho, eps_b, kind, loc_p, scale_p)
+            b_term, kl_b = _gaussian_posterior(b_mu, self.bias_rho, kind, loc_p, scale_p)
             kl = kl + kl_b
         self._kl_cache = ("fused", kl)
         if kind == _WEIGHT:

@@ -5,6 +5,7 @@ compare the pathwise gradient with the score-function one; KL helpers and run ut
 shared by the SAC, BNN and VAE domains.
 """
 
+from . import native
 from .cli import UserError, progress, run_cli
 from .distributions import (
     Gumbel,
@@ -48,5 +49,5 @@ __all__ = [
     "seed_everything", "select_device", "set_threads",
     "RunDir", "MetricsCSV", "save_checkpoint", "load_checkpoint", "CheckpointError",
     "atomic_write_bytes", "atomic_write_text",
-    "UserError", "run_cli", "progress",
+    "UserError", "run_cli", "progress", "native",
 ]
