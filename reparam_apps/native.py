@@ -13,7 +13,8 @@ turned into normals by Box-Muller, like torch's CPU ``normal_``. The key is draw
 generator, so ``torch.manual_seed`` makes runs repeatable on one machine.
 
 Why: on CPU, torch's Mersenne-Twister ``randn`` costs 4-7 ns per number here, more than the whole rest of a
-Bayesian layer's elementwise work; this kernel draws, transforms and reduces at ~1 ns per weight.
+Bayesian layer's elementwise work. Measured on 2 threads for the 478k parameters of a 784-400-400-10 network
+(hot cache): 1.1 ms forward and 0.6 ms backward, against 2.1 ms for ``torch.randn`` of the noise alone.
 
 The C source (``_native/gaussian_posterior.c``, AVX2 + FMA, glibc's libmvec, OpenMP) is compiled on first use
 with the system C compiler into ``$REPARAM_APPS_CACHE`` (default ``~/.cache/reparam_apps``). Where that is not

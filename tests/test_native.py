@@ -114,3 +114,25 @@ def test_switch_off_falls_back_cleanly():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False switched off by REPARAM_APPS_NATIVE=0"
+
+
+def test_bayes_linear_uses_the_kernel_with_its_noise_stream():
+    """The layer's sample is mu + softplus(rho) eps with eps from the keys it drew (weight first, then bias)."""
+    import bnn
+
+    layer = bnn.BayesLinear(20, 7, init_rho=-3.0)
+    x = torch.randn(5, 20)
+    torch.manual_seed(4)
+    y = layer(x)
+    kl = bnn.kl_divergence(layer)
+    torch.manual_seed(4)
+    eps_w = native.standard_normal((7, 20), native.new_key())
+    eps_b = native.standard_normal((7,), native.new_key())
+    with torch.no_grad():
+        w = layer.weight_mu + F.softplus(layer.weight_rho) * eps_w
+        b = layer.bias_mu + F.softplus(layer.bias_rho) * eps_b
+        ref_kl = sum(torch.distributions.kl_divergence(torch.distributions.Normal(m, F.softplus(r)),
+                                                       torch.distributions.Normal(0.0, 1.0)).sum()
+                     for m, r in ((layer.weight_mu, layer.weight_rho), (layer.bias_mu, layer.bias_rho)))
+    torch.testing.assert_close(y, x @ w.T + b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kl, ref_kl, rtol=1e-5, atol=1e-4)
