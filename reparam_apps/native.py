@@ -8,18 +8,23 @@ For a parameter tensor pair (mu, rho) it computes, in one pass,
     KL(N(mu, sigma^2) || N(loc_p, s^2)) = n (log s - 1/2) - sum log sigma + (|sigma|^2 + |mu - loc_p|^2) / (2 s^2)
 
 keeping eps for the backward pass. The noise is counter-based (``standard_normal(shape, key)`` gives the
-same stream): element i is a pure function of (i, key), two 24-bit uniforms from a keyed integer hash
-turned into normals by Box-Muller, like torch's CPU ``normal_``. The key is drawn from torch's default
-generator, so ``torch.manual_seed`` makes runs repeatable on one machine.
+same stream): element i is a pure function of (i, key): 24-bit uniforms from 7 AES rounds over counter
+blocks (the ARS construction of Random123), turned into normals by Box-Muller, like torch's CPU ``normal_``.
+The key is drawn from torch's default generator, so ``torch.manual_seed`` makes runs repeatable.
 
-Why: on CPU, torch's Mersenne-Twister ``randn`` costs 4-7 ns per number here, more than the whole rest of a
-Bayesian layer's elementwise work. Measured on 2 threads for the 478k parameters of a 784-400-400-10 network
-(hot cache): 1.1 ms forward and 0.6 ms backward, against 2.1 ms for ``torch.randn`` of the noise alone.
+Why: on CPU, torch's Mersenne-Twister ``randn`` costs 3-4 ns per number here, more than the whole rest of a
+Bayesian layer's elementwise work; the kernel draws, transforms and reduces at about 0.8 ns per weight on
+2 threads (``scripts/bench_bnn.py`` has the whole training step).
 
-The C source (``_native/gaussian_posterior.c``, AVX2 + FMA, glibc's libmvec, OpenMP) is compiled on first use
-with the system C compiler into ``$REPARAM_APPS_CACHE`` (default ``~/.cache/reparam_apps``). Where that is not
-possible (no compiler, no AVX2, not Linux/glibc) ``available()`` is False and callers use their eager path.
-Set ``REPARAM_APPS_NATIVE=0`` to switch the kernel off.
+Two entry points: ``gaussian_posterior`` is the autograd op on one parameter tensor; ``posterior_forward`` /
+``posterior_backward`` are the same passes on caller-owned buffers, for fused layers that keep the noise and
+the weight sample in their own autograd node (``bnn.BayesLinear``), with ``WORKSPACE`` recycling those buffers.
+
+The C source (``_native/gaussian_posterior.c``: GCC vector extensions, AVX-512 + VAES or AVX2 + AES-NI, OpenMP)
+is compiled on first use with the system C compiler into ``$REPARAM_APPS_CACHE`` (default
+``~/.cache/reparam_apps``), for the widest instruction set that both torch (``ATEN_CPU_CAPABILITY`` lowers it)
+and the CPU support. Where that is not possible (no compiler, no AVX2 or AES, not Linux on x86-64)
+``available()`` is False and callers use their eager path. Set ``REPARAM_APPS_NATIVE=0`` to switch it off.
 """
 
 from __future__ import annotations
@@ -39,13 +44,20 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["available", "unavailable_reason", "new_key", "standard_normal", "gaussian_posterior", "KINDS"]
+__all__ = ["available", "unavailable_reason", "simd_width", "usable_for", "new_key", "second_offset", "standard_normal",
+           "gaussian_posterior", "posterior_forward", "posterior_backward", "gaussian_kl", "Workspace", "WORKSPACE",
+           "KINDS"]
 
 KINDS = {"sample": 0, "perturbation": 1, "variance": 2}
 _SOURCE = Path(__file__).with_name("_native") / "gaussian_posterior.c"
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared"]
-_LIBS = ["-lmvec", "-lm"]
-_MAX_NUMEL = 2**32  # the counters are 32-bit
+_FLAGS = ["-O3", "-fopenmp", "-fPIC", "-shared"]
+# One build per instruction set: (torch's capability, the CPU flags it needs, compiler flags).
+_BUILDS = {
+    "avx512": ("AVX512", {"avx512f", "avx512dq", "avx512bw", "avx512vl", "vaes", "aes"},
+               ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma", "-maes", "-mvaes"]),
+    "avx2": ("AVX2", {"avx2", "fma", "aes"}, ["-mavx2", "-mfma", "-maes"]),
+}
+_MAX_NUMEL = 2**32  # element counters are 32-bit
 
 _lib: ctypes.CDLL | None = None
 _reason: str | None = None  # why the kernel is unavailable (None: not tried yet or available)
@@ -59,18 +71,37 @@ def _cache_dir() -> Path:
     return Path(base) / "reparam_apps"
 
 
-def _compile(compiler: str) -> Path:
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _choose_build() -> str | None:
+    """The widest build that torch's dispatch level allows and the CPU supports."""
+    torch_isa, flags = torch.backends.cpu.get_cpu_capability(), _cpu_flags()
+    allowed = ["avx512", "avx2"] if torch_isa == "AVX512" else ["avx2"] if torch_isa == "AVX2" else []
+    return next((name for name in allowed if _BUILDS[name][1] <= flags), None)
+
+
+def _compile(compiler: str, build: str) -> Path:
     source = _SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join([compiler, *_FLAGS, *_LIBS]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"gaussian_posterior-{digest}.so"
+    flags = [*_FLAGS, *_BUILDS[build][2]]
+    digest = hashlib.sha256(source + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"gaussian_posterior-{build}-{digest}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        result = subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", tmp, *_LIBS], capture_output=True,
-                                text=True, timeout=300)
+        result = subprocess.run([compiler, *flags, str(_SOURCE), "-o", tmp], capture_output=True, text=True,
+                                timeout=300)
         if result.returncode != 0:
             first = (result.stderr.strip().splitlines() or ["no output"])[0]
             raise RuntimeError(f"{compiler} failed: {first}")
@@ -92,26 +123,29 @@ def _load() -> ctypes.CDLL | None:
     if not (sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")):
         _reason = f"needs Linux on x86-64, this is {sys.platform} on {platform.machine()}"
         return None
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
-        _reason = f"needs a CPU with AVX2 (torch reports {torch.backends.cpu.get_cpu_capability()})"
+    build = _choose_build()
+    if build is None:
+        _reason = (f"needs a CPU with AVX2, FMA and AES-NI (torch reports {torch.backends.cpu.get_cpu_capability()})")
         return None
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if compiler is None:
         _reason = "no C compiler found (set CC or install gcc)"
         return None
     try:
-        lib = ctypes.CDLL(str(_compile(compiler)))
+        lib = ctypes.CDLL(str(_compile(compiler, build)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         _reason = f"could not build the kernel: {err}"
         warnings.warn(f"reparam_apps.native: {_reason}; using the eager torch path", RuntimeWarning, stacklevel=3)
         return None
     p, i64, u32, c_int, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint32, ctypes.c_int, ctypes.c_float
-    lib.posterior_forward.argtypes = [p, p, p, p, i64, u32, u32, c_int, f32, p]
+    lib.posterior_forward.argtypes = [p, p, p, p, i64, p, p, p, p, i64, u32, u32, c_int, f32, p]
     lib.posterior_forward.restype = None
-    lib.posterior_backward.argtypes = [p, p, p, p, p, p, i64, c_int, f32, f32, f32]
+    lib.posterior_backward.argtypes = [p, p, p, p, p, p, i64, p, p, p, p, p, p, i64, u32, u32, c_int, f32, f32, f32]
     lib.posterior_backward.restype = None
-    lib.standard_normal.argtypes = [p, i64, u32, u32]
+    lib.standard_normal.argtypes = [p, i64, u32, u32, i64]
     lib.standard_normal.restype = None
+    lib.simd_width.argtypes = []
+    lib.simd_width.restype = c_int
     _lib = lib
     return lib
 
@@ -127,55 +161,169 @@ def unavailable_reason() -> str | None:
     return None if _lib is not None else _reason
 
 
+def simd_width() -> int:
+    """Float lanes of the loaded build: 16 (AVX-512) or 8 (AVX2); 0 when the kernel is unavailable."""
+    lib = _load()
+    return 0 if lib is None else int(lib.simd_width())
+
+
 def usable_for(*tensors: Tensor) -> bool:
     """The kernel handles these tensors: float32, contiguous, on the CPU, and the kernel is available."""
-    return (all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors)
-            and tensors[0].numel() < _MAX_NUMEL and available())
+    for t in tensors:
+        if t.dtype != torch.float32 or not t.is_cpu or not t.is_contiguous() or t.numel() >= _MAX_NUMEL:
+            return False
+    return _lib is not None or available()
 
 
 def new_key() -> tuple[int, int]:
     """Two 32-bit words from torch's default generator: the key of one noise stream."""
-    k = torch.randint(0, 2**32, (2,), dtype=torch.int64).tolist()
-    return int(k[0]), int(k[1])
+    k0, k1 = torch.empty(2, dtype=torch.int64).random_(0, 2**32).tolist()
+    return k0, k1
 
 
-def standard_normal(shape: torch.Size | tuple[int, ...], key: tuple[int, int] | None = None) -> Tensor:
-    """eps ~ N(0, I) of ``shape`` (float32, CPU) from the counter-based stream ``key`` (a new key if None):
-    the noise ``gaussian_posterior`` uses for the same key."""
+def second_offset(numel: int) -> int:
+    """Where the second tensor of a (weight, bias) pair starts in their shared stream: the first 32-element
+    block after the first tensor's ``numel`` elements."""
+    return 32 * ((numel + 31) // 32)
+
+
+def _words(key: tuple[int, int]) -> tuple[int, int]:
+    return int(key[0]) & 0xFFFFFFFF, int(key[1]) & 0xFFFFFFFF
+
+
+def _require() -> ctypes.CDLL:
     lib = _load()
     if lib is None:
         raise RuntimeError(f"the native kernel is unavailable: {_reason}")
+    return lib
+
+
+def standard_normal(shape: torch.Size | tuple[int, ...], key: tuple[int, int] | None = None,
+                    offset: int = 0) -> Tensor:
+    """eps ~ N(0, I) of ``shape`` (float32, CPU): elements ``offset`` .. ``offset + numel - 1`` of the counter-based
+    stream ``key`` (a new key if None), the noise ``gaussian_posterior`` uses for the same key. ``offset`` is a
+    multiple of 32, e.g. ``second_offset(weight.numel())`` for a layer's bias."""
+    lib = _require()
+    if offset < 0 or offset % 32:
+        raise ValueError(f"offset must be a non-negative multiple of 32, got {offset}")
     out = torch.empty(shape, dtype=torch.float32)
-    key = new_key() if key is None else key
-    lib.standard_normal(out.data_ptr(), out.numel(), key[0] & 0xFFFFFFFF, key[1] & 0xFFFFFFFF)
+    k0, k1 = _words(new_key() if key is None else key)
+    lib.standard_normal(out.data_ptr(), out.numel(), k0, k1, offset // 32)
     return out
+
+
+class _Recycle:
+    """Held by an autograd ctx: hands its buffers back to the workspace when the ctx (the graph node) is freed."""
+
+    __slots__ = ("workspace", "tensors")
+
+    def __init__(self, workspace: Workspace, tensors: tuple[Tensor, ...]):
+        self.workspace, self.tensors = workspace, tensors
+
+    def __del__(self):
+        self.workspace.give_back(*self.tensors)
+
+
+class Workspace:
+    """Recycled float32 buffers for tensors that only one autograd node holds (the noise, a fused layer's weight
+    sample): ``take`` one, and ``recycle_with(node_ctx, ...)`` hands the buffers back when that node is freed, so a
+    training loop reuses the same pages every step instead of faulting in fresh ones (about 0.3 ms per step for a
+    784-400-400-10 network). A buffer still referenced by a live graph is never handed out again."""
+
+    def __init__(self, min_numel: int = 16384, max_free: int = 4):
+        self.min_numel, self.max_free = min_numel, max_free
+        self._free: dict[tuple[int, ...], list[Tensor]] = {}
+
+    def take(self, shape: torch.Size | tuple[int, ...]) -> Tensor:
+        """An uninitialised float32 CPU tensor of ``shape``: a recycled one when there is one."""
+        free = self._free.get(tuple(shape))
+        return free.pop() if free else torch.empty(shape, dtype=torch.float32)
+
+    def give_back(self, *tensors: Tensor) -> None:
+        """Return buffers that nothing else references any more."""
+        for t in tensors:
+            if t.numel() >= self.min_numel:
+                free = self._free.setdefault(tuple(t.shape), [])
+                if len(free) < self.max_free:
+                    free.append(t)
+
+    def recycle_with(self, ctx: object, *tensors: Tensor | None) -> None:
+        """Return ``tensors`` to the pool once the autograd ``ctx`` holding them (a graph node) is freed."""
+        ctx._recycle = _Recycle(self, tuple(t for t in tensors if t is not None))
+
+    def clear(self) -> None:
+        self._free.clear()
+
+
+WORKSPACE = Workspace()
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def posterior_forward(mu: Tensor, rho: Tensor, out: Tensor, eps: Tensor | None, kind: int, prior_loc: float,
+                      key: tuple[int, int], second: tuple[Tensor, Tensor, Tensor, Tensor | None] | None = None,
+                      ) -> tuple[float, float, float]:
+    """The forward pass into caller-owned buffers (no autograd, no checks beyond the kernel's needs): ``out`` gets
+    the ``kind`` output (an int of ``KINDS``), ``eps`` the noise (None for "variance" or to not keep it).
+    ``second`` = (mu2, rho2, out2, eps2), a second tensor (a layer's bias) that continues the same noise stream
+    at ``second_offset(mu.numel())``. Returns (sum log sigma, sum sigma^2, sum (mu - prior_loc)^2) over both,
+    for ``gaussian_kl``."""
+    lib = _lib if _lib is not None else _require()
+    sums = (ctypes.c_double * 3)()
+    k0, k1 = _words(key)
+    mu2, rho2, out2, eps2 = second if second is not None else (None, None, None, None)
+    lib.posterior_forward(mu.data_ptr(), rho.data_ptr(), out.data_ptr(), _ptr(eps), mu.numel(), _ptr(mu2), _ptr(rho2),
+                          _ptr(out2), _ptr(eps2), 0 if mu2 is None else mu2.numel(), k0, k1, kind, prior_loc, sums)
+    return sums[0], sums[1], sums[2]
+
+
+def gaussian_kl(numel: int, sums: tuple[float, float, float], prior_scale: float) -> float:
+    """KL(N(mu, sigma^2) || N(loc_p, s^2)) summed over ``numel`` elements from ``posterior_forward``'s sums:
+    n (log s - 1/2) - sum log sigma + (sum sigma^2 + sum (mu - loc_p)^2) / (2 s^2)."""
+    sum_log_sigma, sum_sigma2, sum_centred2 = sums
+    return numel * (math.log(prior_scale) - 0.5) - sum_log_sigma + (sum_sigma2 + sum_centred2) / (2.0 * prior_scale**2)
+
+
+def posterior_backward(grad_out: Tensor | None, mu: Tensor, rho: Tensor, eps: Tensor | None, grad_mu: Tensor,
+                       grad_rho: Tensor, kind: int, prior_loc: float, grad_kl: float, prior_scale: float,
+                       key: tuple[int, int] | None = None,
+                       second: tuple[Tensor | None, Tensor, Tensor, Tensor | None, Tensor, Tensor] | None = None,
+                       ) -> None:
+    """The backward pass into caller-owned ``grad_mu`` and ``grad_rho``: the gradients of
+    <grad_out, out> + grad_kl KL (``grad_out`` None: the KL term alone; it must be contiguous). ``eps`` is the
+    forward pass's noise, or None to draw it again from the forward pass's ``key`` (less memory, more compute).
+    ``second`` = (grad_out2, mu2, rho2, eps2, grad_mu2, grad_rho2) for the forward pass's second tensor."""
+    if key is None and kind != KINDS["variance"] and (eps is None or (second is not None and second[3] is None)):
+        raise ValueError("posterior_backward needs the forward pass's eps or its key")
+    lib = _lib if _lib is not None else _require()
+    k0, k1 = _words(key) if key is not None else (0, 0)
+    g2, mu2, rho2, eps2, gm2, gr2 = second if second is not None else (None,) * 6
+    lib.posterior_backward(_ptr(grad_out), mu.data_ptr(), rho.data_ptr(), _ptr(eps), grad_mu.data_ptr(),
+                           grad_rho.data_ptr(), mu.numel(), _ptr(g2), _ptr(mu2), _ptr(rho2), _ptr(eps2), _ptr(gm2),
+                           _ptr(gr2), 0 if mu2 is None else mu2.numel(), k0, k1, kind, prior_loc, grad_kl,
+                           1.0 / prior_scale**2)
 
 
 class _GaussianPosterior(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu: Tensor, rho: Tensor, kind: int, loc_p: float, scale_p: float, key: tuple[int, int]):
         out = torch.empty_like(mu)
-        eps = None if kind == KINDS["variance"] else torch.empty_like(mu)
-        sums = (ctypes.c_double * 3)()
-        _lib.posterior_forward(mu.data_ptr(), rho.data_ptr(), out.data_ptr(), None if eps is None else eps.data_ptr(),
-                               mu.numel(), key[0], key[1], kind, loc_p, sums)
-        sum_log_sigma, sum_sigma2, sum_centred2 = sums
-        kl = (mu.numel() * (math.log(scale_p) - 0.5) - sum_log_sigma
-              + (sum_sigma2 + sum_centred2) / (2.0 * scale_p**2))
-        ctx.save_for_backward(mu, rho, eps)
-        ctx.kind, ctx.loc_p, ctx.inv_var = kind, loc_p, 1.0 / scale_p**2
-        return out, torch.tensor(kl, dtype=mu.dtype)
+        eps = None if kind == KINDS["variance"] else WORKSPACE.take(mu.shape)  # only this node holds eps
+        kl = gaussian_kl(mu.numel(), posterior_forward(mu, rho, out, eps, kind, loc_p, key), scale_p)
+        ctx.save_for_backward(mu, rho)
+        ctx.eps, ctx.kind, ctx.loc_p, ctx.scale_p = eps, kind, loc_p, scale_p
+        WORKSPACE.recycle_with(ctx, eps)
+        return out, torch.scalar_tensor(kl, dtype=mu.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor | None, grad_kl: Tensor | None):
-        mu, rho, eps = ctx.saved_tensors
-        grad_out = torch.zeros_like(mu) if grad_out is None else grad_out.contiguous()
-        g_kl = 0.0 if grad_kl is None else float(grad_kl)
+        mu, rho = ctx.saved_tensors
         grad_mu, grad_rho = torch.empty_like(mu), torch.empty_like(rho)
-        _lib.posterior_backward(grad_out.data_ptr(), mu.data_ptr(), rho.data_ptr(),
-                                None if eps is None else eps.data_ptr(), grad_mu.data_ptr(), grad_rho.data_ptr(),
-                                mu.numel(), ctx.kind, ctx.loc_p, g_kl, ctx.inv_var)
+        posterior_backward(None if grad_out is None else grad_out.contiguous(), mu, rho, ctx.eps, grad_mu, grad_rho,
+                           ctx.kind, ctx.loc_p, 0.0 if grad_kl is None else float(grad_kl), ctx.scale_p)
         return grad_mu, grad_rho, None, None, None, None
 
 
@@ -193,6 +341,5 @@ def gaussian_posterior(mu: Tensor, rho: Tensor, kind: str = "sample", prior_loc:
     if not usable_for(mu, rho):
         raise ValueError("gaussian_posterior needs contiguous float32 CPU tensors and the native kernel "
                          f"(available: {available()}, reason: {unavailable_reason()})")
-    key = new_key() if key is None else key
-    key = (int(key[0]) & 0xFFFFFFFF, int(key[1]) & 0xFFFFFFFF)
+    key = _words(new_key() if key is None else key)
     return _GaussianPosterior.apply(mu, rho, KINDS[kind], float(prior_loc), float(prior_scale), key)

@@ -1,232 +1,431 @@
-/* Fused factorised-Gaussian posterior for Bayes-by-Backprop, AVX2 + FMA + glibc's libmvec, OpenMP.
+/* Fused factorised-Gaussian posterior for Bayes-by-Backprop: one pass per parameter tensor, OpenMP threads, and
+   explicit SIMD through GCC's vector extensions: W = 16 lanes when built for AVX-512 (+ VAES), else W = 8
+   (AVX2 + FMA + AES-NI).
 
-   Per element i of a parameter tensor (mu, rho):  sigma = softplus(rho),  eps_i ~ N(0, 1),
+   Forward, per element i of a parameter tensor (mu, rho):  sigma = softplus(rho),  eps_i ~ N(0, 1),
      kind 0: out = mu + sigma eps   (weight sample)     kind 1: out = sigma eps   (Flipout perturbation)
      kind 2: out = sigma^2          (local reparameterization; no noise)
    and the sums that make the closed-form KL to N(loc_p, s^2): sum log sigma, sum sigma^2, sum (mu - loc_p)^2.
+   eps is stored for the backward pass, which recomputes sigma from rho (cheaper than storing more per element):
+     grad_mu  = [kind 0] g + grad_kl (mu - loc_p) / s^2
+     grad_rho = sigmoid(rho) (g d out / d sigma + grad_kl (sigma / s^2 - 1 / sigma)),  d out / d sigma = eps or 2 sigma
 
    The noise is counter-based: eps_i is a pure function of (i, key0, key1), so any thread can draw any block and
-   the stream does not depend on the thread count. Elements 16b + j and 16b + 8 + j (j = 0..7) are the pair
-   q = 8b + j: its two uniforms are hash(2q) and hash(2q + 1) (a 3-round "lowbias32" integer hash keyed by
-   key0, key1), and Box-Muller gives r cos(t) to the first and r sin(t) to the second. The uniforms have
-   24 bits like torch's CPU normal_, so |eps| <= sqrt(-2 log(2^-25)) = 5.9. The forward pass stores eps for the
-   backward pass (eps is NULL for kind 2, which has no noise).
-   A partial last block runs through the same vector code on a zero-padded copy: one code path for every i. */
+   the stream depends neither on the thread count nor on W. The bits come from AES rounds used as a keyed mixing
+   function (the ARS construction of Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3"): the
+   128-bit block (j, t, 0, 0) (32-bit words) is whitened with the round key k_0 = (key0, key1, C0, C1), then goes
+   through 6 aesenc rounds and one aesenclast with the keys k_r = k_0 + r (W0, W1, W2, W3) (word-wise adds of
+   Weyl constants): 7 rounds, two more than ARS-5, which passes TestU01's BigCrush. Elements 32 t .. 32 t + 31 use
+   the 8 blocks j = 0..7 of t: pair p = 0..15 takes word p (block p / 4, word p % 4) of blocks 0..3 as h_a and of
+   blocks 4..7 as h_b; element 32 t + 16 (p / 8) + (p % 8) gets r cos(phi) and element 32 t + 16 (p / 8) + 8 +
+   (p % 8) gets r sin(phi) (Box-Muller), with r = sqrt(-2 log u), u = (h_a / 2^9 + 1/2) 2^-23 in (0, 1), and phi
+   uniform on the circle from the 24 bits h_b / 2^8 (see gauss()). u has 23 bits, so that it is exact in float32
+   (j + 1/2 with j < 2^24 is not), and |eps| <= sqrt(-2 log(2^-24)) = 5.77 (P(|z| > 5.77) = 8e-9).
+
+   exp, log, sin and cos are inlined series with exact rational coefficients (Taylor, or atanh for log) after the
+   usual range reduction; each states its truncation bound, all below float precision. The loop bodies are
+   straight-line SIMD code with no calls. A partial last block runs through the same code on a padded copy. */
 #include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
 
-__m256 _ZGVdN8v_logf(__m256);
-__m256 _ZGVdN8v_expf(__m256);
-__m256 _ZGVdN8v_log1pf(__m256);
-__m256 _ZGVdN8v_sinf(__m256);
-__m256 _ZGVdN8v_cosf(__m256);
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__VAES__)
+#define W 16
+#define IOTA {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}
+#else
+#define W 8
+#define IOTA {0, 1, 2, 3, 4, 5, 6, 7}
+#endif
+#define STEP (2 * W)   /* elements per loop iteration: one vector of W Box-Muller pairs */
+#define ROUNDS 7       /* AES rounds of the noise */
+#define CHUNK 4096     /* elements per OpenMP work item (a multiple of STEP) */
+#define PAR_MIN 65536  /* elements below which one thread is faster than waking the team */
 
-#define PAR_MIN 65536 /* elements below which one thread is faster than waking the team */
+typedef float vf __attribute__((vector_size(4 * W)));
+typedef int32_t vi __attribute__((vector_size(4 * W)));
+typedef uint32_t vu __attribute__((vector_size(4 * W)));
 
-static inline __m256i mix32(__m256i x) {
-    x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
-    x = _mm256_mullo_epi32(x, _mm256_set1_epi32(0x7feb352d));
-    x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
-    x = _mm256_mullo_epi32(x, _mm256_set1_epi32((int)0x846ca68bU));
-    return _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+static const vi iota = IOTA;
+
+static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vf splat(float x) { return (vf){0} + x; }
+static inline vf to_float(vi x) { return __builtin_convertvector(x, vf); }
+static inline vf where(vi mask, vf yes, vf no) { return (vf)((mask & (vi)yes) | (~mask & (vi)no)); }
+static inline vf vmax(vf a, vf b) { return where(a > b, a, b); }
+static inline vf vabs(vf x) { return (vf)((vi)x & 0x7fffffff); }
+
+#if W == 16
+static inline vf vsqrt(vf x) { return _mm512_sqrt_ps(x); }
+static inline int any(vi mask) { return _mm512_test_epi32_mask((__m512i)mask, (__m512i)mask) != 0; }
+#else
+static inline vf vsqrt(vf x) { return _mm256_sqrt_ps(x); }
+static inline int any(vi mask) { return _mm256_movemask_ps((__m256)mask) != 0; }
+#endif
+
+/* ---- elementary functions ---------------------------------------------------------------------------------- */
+#define LN2_HI 0.693145751953125f /* ln 2 = LN2_HI + LN2_LO, LN2_HI with 16 bits: n LN2_HI is exact for |n| < 256 */
+#define LN2_LO 1.42860682030941723212e-6f
+
+/* e^x for x <= 0: x = n ln2 + f, |f| <= ln2 / 2, e^f by Taylor to f^7 (truncation < |f|^8 / 8! < 6e-9, relative).
+   x is clamped at -87 (e^-87 = 1.6e-38 is near the smallest normal float), so the result is never subnormal. */
+static inline vf exp_nonpositive(vf x) {
+    x = vmax(x, splat(-87.0f));
+    vf t = x * 1.44269504088896341f + 12582912.0f;  /* 1.5 2^23: n = round(x / ln2) lands in the low bits */
+    vf n = t - 12582912.0f;
+    vi two_n = (((vi)t - 0x4b400000) + 127) << 23;  /* bits of 2^n */
+    vf f = x - n * LN2_HI - n * LN2_LO;
+    vf p = 1.0f / 5040 + f * (1.0f / 40320);
+    p = 1.0f / 720 + f * p;
+    p = 1.0f / 120 + f * p;
+    p = 1.0f / 24 + f * p;
+    p = 1.0f / 6 + f * p;
+    p = 0.5f + f * p;
+    p = 1.0f + f * p;
+    p = 1.0f + f * p;
+    return p * (vf)two_n;
 }
 
-static inline __m256i hash3(__m256i c, __m256i k0, __m256i k1) {
-    __m256i h = mix32(_mm256_xor_si256(c, k0));
-    h = mix32(_mm256_add_epi32(h, k1));
-    return mix32(_mm256_xor_si256(h, _mm256_mullo_epi32(c, _mm256_set1_epi32((int)0x9e3779b9U))));
+/* log x for a positive normal float: x = 2^k m, m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s), s = (m - 1) / (m + 1),
+   |s| <= 0.1716, by its series to s^9 (truncation < 2 |s|^11 / 11 / (1 - s^2) < 7e-10, relative to log m). */
+static inline vf vlog(vf x) {
+    vi bits = (vi)x;
+    vi k = ((bits >> 23) & 0xff) - 127;
+    vf m = (vf)((bits & 0x7fffff) | 0x3f800000);  /* m in [1, 2) */
+    vi big = m > 1.41421356237309505f;
+    m = where(big, m * 0.5f, m);
+    k -= big;  /* a true mask is -1: k + 1 where m was halved */
+    vf s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
+    vf p = 1.0f / 7 + s2 * (1.0f / 9);
+    p = 1.0f / 5 + s2 * p;
+    p = 1.0f / 3 + s2 * p;
+    p = 1.0f + s2 * p;
+    vf kf = to_float(k);
+    return kf * LN2_HI + (kf * LN2_LO + 2.0f * s * p);
 }
 
-/* The 16 standard normals of block b: zc -> elements 16b + 0..7, zs -> elements 16b + 8..15. */
-static inline void gauss16(int64_t b, __m256i k0, __m256i k1, __m256 *zc, __m256 *zs) {
-    __m256i q = _mm256_add_epi32(_mm256_set1_epi32((int)(uint32_t)(8 * b)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    __m256i c = _mm256_slli_epi32(q, 1);
-    __m256i ha = hash3(c, k0, k1), hb = hash3(_mm256_add_epi32(c, _mm256_set1_epi32(1)), k0, k1);
-    const __m256 scale = _mm256_set1_ps(5.9604644775390625e-08f); /* 2^-24 */
-    __m256 u1 = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(ha, 8)), _mm256_set1_ps(0.5f)), scale);
-    __m256 u2 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(hb, 8)), scale);
-    __m256 r = _mm256_sqrt_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), _ZGVdN8v_logf(u1)));
-    /* t in [-pi, pi): the range where the vector sin/cos are most accurate */
-    __m256 t = _mm256_fmsub_ps(u2, _mm256_set1_ps(6.28318530717958648f), _mm256_set1_ps(3.14159265358979324f));
-    *zc = _mm256_mul_ps(r, _ZGVdN8v_cosf(t));
-    *zs = _mm256_mul_ps(r, _ZGVdN8v_sinf(t));
-}
+/* sigma = softplus(rho) = log(1 + e^rho) and what the KL and the backward pass need from it. */
+typedef struct {
+    vf sigma, log_sigma, sigmoid, sigmoid_over_sigma;
+} softplus_t;
 
-/* sigma = softplus(rho) (= rho above 20, where log1p(exp(rho)) == rho in float); e_out gets exp(min(rho, 20)).
-   When all 8 rho <= -4 (the usual regime: small posterior sigmas), e = exp(rho) <= 0.0184 and
-   log1p(e) = e y with y = 1 - e/2 + e^2/3 - ... + e^6/7 (truncation < e^7/8 < 1e-12, relative): no log1p call.
-   *y_out (if given) receives y, or 0 when the fast path was not taken. */
-static inline __m256 softplus8(__m256 r, __m256 *e_out, __m256 *y_out) {
-    __m256 e = _ZGVdN8v_expf(_mm256_min_ps(r, _mm256_set1_ps(20.0f)));
-    if (e_out) *e_out = e;
-    if (_mm256_movemask_ps(_mm256_cmp_ps(r, _mm256_set1_ps(-4.0f), _CMP_GT_OQ)) == 0) {
-        __m256 y = _mm256_set1_ps(1.0f / 7.0f);
-        y = _mm256_fmadd_ps(y, e, _mm256_set1_ps(-1.0f / 6.0f));
-        y = _mm256_fmadd_ps(y, e, _mm256_set1_ps(1.0f / 5.0f));
-        y = _mm256_fmadd_ps(y, e, _mm256_set1_ps(-1.0f / 4.0f));
-        y = _mm256_fmadd_ps(y, e, _mm256_set1_ps(1.0f / 3.0f));
-        y = _mm256_fmadd_ps(y, e, _mm256_set1_ps(-1.0f / 2.0f));
-        y = _mm256_fmadd_ps(y, e, _mm256_set1_ps(1.0f));
-        if (y_out) *y_out = y;
-        return _mm256_mul_ps(e, y);
+/* With t = e^-|rho| in (0, 1]:  softplus(rho) = max(rho, 0) + log1p(t),  sigmoid(rho) = (rho >= 0 ? 1 : t) / (1 + t).
+   Fast path, when every rho <= -4 (the usual regime: small posterior sigmas): t <= e^-4 = 0.0183 and
+   log1p(t) = t y, y = 1 + w, w = -t/2 + t^2/3 - ... + t^6/7 (truncation < t^7 / 8 < 1e-13, relative), so
+   sigma = t y and log sigma = rho + log(1 + w), w in [-0.0092, 0], by its series to w^5 (truncation < 1e-13).
+   General path: log1p(t) = 2 atanh(u), u = t / (2 + t) <= 1/3, by its series to u^15 (truncation < 2e-9, relative),
+   written t Q with Q = 2 P(u^2) / (2 + t) in (0.69, 1], so log sigma = rho + log Q for rho <= 0 with no underflow. */
+static inline softplus_t softplus(vf rho) {
+    softplus_t r;
+    vf t = exp_nonpositive(-vabs(rho));
+    vf num;  /* sigmoid's numerator */
+    if (!any(rho > -4.0f)) {
+        vf w = -1.0f / 6 + t * (1.0f / 7);
+        w = 1.0f / 5 + t * w;
+        w = -1.0f / 4 + t * w;
+        w = 1.0f / 3 + t * w;
+        w = -0.5f + t * w;
+        w = t * w;
+        r.sigma = t + t * w;
+        vf l = 1.0f / 4 + w * (-1.0f / 5);
+        l = -1.0f / 3 + w * l;
+        l = 0.5f + w * l;
+        l = -1.0f + w * l;
+        r.log_sigma = rho - w * l;
+        num = t;
+    } else {
+        vf d = 1.0f / (2.0f + t), u = t * d, u2 = u * u;
+        vf p = 1.0f / 13 + u2 * (1.0f / 15);
+        p = 1.0f / 11 + u2 * p;
+        p = 1.0f / 9 + u2 * p;
+        p = 1.0f / 7 + u2 * p;
+        p = 1.0f / 5 + u2 * p;
+        p = 1.0f / 3 + u2 * p;
+        p = 1.0f + u2 * p;
+        vf q = 2.0f * p * d;
+        vi positive = rho > 0.0f;
+        r.sigma = vmax(rho, splat(0.0f)) + t * q;
+        r.log_sigma = vlog(where(positive, r.sigma, q)) + where(positive, splat(0.0f), rho);
+        num = where(rho >= 0.0f, splat(1.0f), t);
     }
-    if (y_out) *y_out = _mm256_setzero_ps();
-    __m256 big = _mm256_cmp_ps(r, _mm256_set1_ps(20.0f), _CMP_GT_OQ);
-    return _mm256_blendv_ps(_ZGVdN8v_log1pf(e), r, big);
+    vf inv = 1.0f / ((1.0f + t) * r.sigma);  /* one division for sigmoid / sigma and sigmoid */
+    r.sigmoid_over_sigma = num * inv;
+    r.sigmoid = r.sigmoid_over_sigma * r.sigma;
+    return r;
 }
 
-/* log sigma. Fast path (y != 0): log(e y) = rho + log(1 + t), t = y - 1 in [-0.0092, 0], by its series to t^5
-   (truncation < |t|^6 / 6 < 1e-13). */
-static inline __m256 log_sigma8(__m256 r, __m256 s, __m256 y) {
-    if (_mm256_movemask_ps(_mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_EQ_OQ)) != 0) return _ZGVdN8v_logf(s);
-    __m256 t = _mm256_sub_ps(y, _mm256_set1_ps(1.0f));
-    __m256 p = _mm256_set1_ps(1.0f / 5.0f);
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.0f / 4.0f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.0f / 3.0f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.0f / 2.0f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.0f));
-    return _mm256_fmadd_ps(p, t, r);
+/* ---- the noise --------------------------------------------------------------------------------------------- */
+/* The noise's bits: 7 AES rounds over the counter blocks (see the header). keys[r] is k_r in every 128-bit lane. */
+typedef struct {
+    __m128i k[ROUNDS + 1];
+} round_keys_t;
+
+static inline round_keys_t make_round_keys(uint32_t key0, uint32_t key1) {
+    round_keys_t rk;
+    const __m128i weyl = _mm_setr_epi32((int)0x9e3779b9U, (int)0xbb67ae85U, (int)0x3c6ef372U, (int)0xa54ff53aU);
+    rk.k[0] = _mm_setr_epi32((int)key0, (int)key1, 0x243f6a88, (int)0x85a308d3U);
+    for (int r = 1; r <= ROUNDS; r++) rk.k[r] = _mm_add_epi32(rk.k[r - 1], weyl);
+    return rk;
 }
 
-static inline void fwd8(const float *mu, const float *rho, float *out, __m256 z, int kind, __m256 loc,
-                        __m256 *sl, __m256 *ss, __m256 *sm) {
-    __m256 m = _mm256_loadu_ps(mu), r = _mm256_loadu_ps(rho);
-    __m256 y;
-    __m256 s = softplus8(r, NULL, &y);
-    __m256 o = kind == 0 ? _mm256_fmadd_ps(s, z, m) : (kind == 1 ? _mm256_mul_ps(s, z) : _mm256_mul_ps(s, s));
-    _mm256_storeu_ps(out, o);
-    *sl = _mm256_add_ps(*sl, log_sigma8(r, s, y));
-    *ss = _mm256_fmadd_ps(s, s, *ss);
-    __m256 c = _mm256_sub_ps(m, loc);
-    *sm = _mm256_fmadd_ps(c, c, *sm);
+#if W == 16
+/* h_a and h_b of the 16 pairs of block t: blocks (j, t, 0, 0), j = 0..3 and 4..7, four to a register. */
+static inline void pair_bits(int64_t t, const round_keys_t *rk, vu *ha, vu *hb) {
+    __m512i x = _mm512_add_epi32(_mm512_set4_epi32(0, 0, (int)t, 0), _mm512_setr_epi32(0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0,
+                                                                                      0, 3, 0, 0, 0));
+    __m512i y = _mm512_add_epi32(x, _mm512_set4_epi32(0, 0, 0, 4));
+    __m512i k = _mm512_broadcast_i32x4(rk->k[0]);
+    x = _mm512_xor_si512(x, k);
+    y = _mm512_xor_si512(y, k);
+    for (int r = 1; r < ROUNDS; r++) {
+        k = _mm512_broadcast_i32x4(rk->k[r]);
+        x = _mm512_aesenc_epi128(x, k);
+        y = _mm512_aesenc_epi128(y, k);
+    }
+    k = _mm512_broadcast_i32x4(rk->k[ROUNDS]);
+    *ha = (vu)_mm512_aesenclast_epi128(x, k);
+    *hb = (vu)_mm512_aesenclast_epi128(y, k);
+}
+#else
+static inline __m128i ars(__m128i x, const round_keys_t *rk) {
+    x = _mm_xor_si128(x, rk->k[0]);
+    for (int r = 1; r < ROUNDS; r++) x = _mm_aesenc_si128(x, rk->k[r]);
+    return _mm_aesenclast_si128(x, rk->k[ROUNDS]);
 }
 
-static inline double hsum(__m256 v) {
-    float t[8];
-    _mm256_storeu_ps(t, v);
+/* h_a and h_b of pairs 8 h .. 8 h + 7 of block t: blocks j = 2h, 2h + 1 and 4 + 2h, 5 + 2h. */
+static inline void pair_bits_half(int64_t t, int h, const round_keys_t *rk, vu *ha, vu *hb) {
+    __m128i base = _mm_setr_epi32(2 * h, (int)t, 0, 0), one = _mm_setr_epi32(1, 0, 0, 0), four = _mm_setr_epi32(4, 0,
+                                                                                                                0, 0);
+    __m128i a0 = ars(base, rk), a1 = ars(_mm_add_epi32(base, one), rk);
+    __m128i b0 = ars(_mm_add_epi32(base, four), rk), b1 = ars(_mm_add_epi32(_mm_add_epi32(base, four), one), rk);
+    *ha = (vu)_mm256_set_m128i(a1, a0);
+    *hb = (vu)_mm256_set_m128i(b1, b0);
+}
+#endif
+
+#define HALF_PI 1.57079632679489662f
+
+/* The 2W standard normals of elements STEP it .. STEP it + 2W - 1, in order: lo (first W) and hi (last W).
+   Radius r = sqrt(-2 log u1), u1 = (h_a / 2^9 + 1/2) 2^-23 in (0, 1); angle from the 24 bits
+   h_b / 2^8 = 2^22 quadrant + f: phi = quadrant pi/2 + theta, theta = ((f + 1/2) 2^-22 - 1/2) pi/2 in [-pi/4, pi/4],
+   sin and cos of theta by Taylor to theta^9 and theta^8 (truncation < 2e-9 and 3e-8), then rotated by the quadrant:
+   (cos, sin) of phi = (c, s), (-s, c), (-c, -s), (s, -c) for quadrants 0..3. */
+static inline void gauss(int64_t it, const round_keys_t *rk, vf *lo, vf *hi) {
+    vu ha, hb;
+#if W == 16
+    pair_bits(it, rk, &ha, &hb);
+#else
+    pair_bits_half(it >> 1, (int)(it & 1), rk, &ha, &hb);
+#endif
+    vf u1 = (to_float((vi)(ha >> 9)) + 0.5f) * 1.1920928955078125e-07f;
+    vf radius = vsqrt(-2.0f * vlog(u1));
+    vu bits = hb >> 8, quadrant = bits >> 22;
+    vf theta = ((to_float((vi)(bits & 0x3fffff)) + 0.5f) * 2.384185791015625e-07f - 0.5f) * HALF_PI;
+    vf t2 = theta * theta;
+    vf s = -1.0f / 5040 + t2 * (1.0f / 362880);
+    s = 1.0f / 120 + t2 * s;
+    s = -1.0f / 6 + t2 * s;
+    s = theta + theta * t2 * s;
+    vf k = -1.0f / 720 + t2 * (1.0f / 40320);
+    k = 1.0f / 24 + t2 * k;
+    k = -0.5f + t2 * k;
+    k = 1.0f + t2 * k;
+    vi odd = -(vi)(quadrant & 1);
+    vf cos_phi = (vf)((vu)where(odd, s, k) ^ ((((quadrant + 1) >> 1) & 1) << 31));
+    vf sin_phi = (vf)((vu)where(odd, k, s) ^ ((quadrant >> 1) << 31));
+    vf zc = radius * cos_phi, zs = radius * sin_phi;
+#if W == 16 /* zc: pairs 0-7 in lanes 0-7, pairs 8-15 in lanes 8-15: order cos 0-7, sin 0-7, cos 8-15, sin 8-15 */
+    *lo = _mm512_shuffle_f32x4(zc, zs, 0x44);
+    *hi = _mm512_shuffle_f32x4(zc, zs, 0xee);
+#else
+    *lo = zc;
+    *hi = zs;
+#endif
+}
+
+/* ---- the forward pass -------------------------------------------------------------------------------------- */
+typedef struct {
+    vf log_sigma, sigma2, centred2;
+} kl_sums_t;
+
+/* W elements: out (and eps, when kept) from mu, rho and the noise z; the KL terms into *acc, lanes >= valid excluded
+   (valid = W except in the padded tail). */
+static inline void forward_w(const float *mu, const float *rho, float *out, float *eps, vf z, int kind, float loc_p,
+                             int valid, kl_sums_t *acc) {
+    vf m = load(mu);
+    softplus_t sp = softplus(load(rho));
+    vf sigma = sp.sigma;
+    store(out, kind == 0 ? m + sigma * z : (kind == 1 ? sigma * z : sigma * sigma));
+    if (eps) store(eps, z);
+    vf c = m - loc_p;
+    vf ls = sp.log_sigma, s2 = sigma * sigma, c2 = c * c;
+    if (valid < W) {
+        vi keep = iota < valid;
+        ls = where(keep, ls, splat(0.0f));
+        s2 = where(keep, s2, splat(0.0f));
+        c2 = where(keep, c2, splat(0.0f));
+    }
+    acc->log_sigma += ls;
+    acc->sigma2 += s2;
+    acc->centred2 += c2;
+}
+
+static inline void forward_step(int64_t it, const float *mu, const float *rho, float *out, float *eps,
+                                const round_keys_t *rk, int kind, float loc_p, int valid, kl_sums_t *acc) {
+    vf lo = splat(0.0f), hi = splat(0.0f);
+    if (kind != 2) gauss(it, rk, &lo, &hi);
+    forward_w(mu, rho, out, eps, lo, kind, loc_p, valid < W ? valid : W, acc);
+    forward_w(mu + W, rho + W, out + W, eps ? eps + W : NULL, hi, kind, loc_p, valid > W ? valid - W : 0, acc);
+}
+
+static inline double hsum(vf v) {
     double s = 0;
-    for (int j = 0; j < 8; j++) s += t[j];
+    for (int j = 0; j < W; j++) s += v[j];
     return s;
 }
 
-static void fwd_block(const float *mu, const float *rho, float *out, float *eps, int64_t b, __m256i k0, __m256i k1,
-                      int kind, __m256 loc, __m256 *sl, __m256 *ss, __m256 *sm) {
-    __m256 zc = _mm256_setzero_ps(), zs = _mm256_setzero_ps();
-    if (kind != 2) gauss16(b, k0, k1, &zc, &zs);
-    if (eps) {
-        _mm256_storeu_ps(eps, zc);
-        _mm256_storeu_ps(eps + 8, zs);
-    }
-    fwd8(mu, rho, out, zc, kind, loc, sl, ss, sm);
-    fwd8(mu + 8, rho + 8, out + 8, zs, kind, loc, sl, ss, sm);
-}
-
-/* sums[0] = sum log sigma, sums[1] = sum sigma^2, sums[2] = sum (mu - loc_p)^2 */
-void posterior_forward(const float *mu, const float *rho, float *out, float *eps, int64_t n, uint32_t key0,
-                       uint32_t key1, int kind, float loc_p, double *sums) {
-    const __m256i k0 = _mm256_set1_epi32((int)key0), k1 = _mm256_set1_epi32((int)key1);
-    const __m256 loc = _mm256_set1_ps(loc_p);
-    int64_t full = n / 16;
+/* One parameter tensor whose noise starts at stream element 32 block0; adds its KL sums to sums[0..2]. */
+static void forward_segment(const float *mu, const float *rho, float *out, float *eps, int64_t n, int64_t block0,
+                            const round_keys_t *rk, int kind, float loc_p, double *sums) {
+    const int64_t it0 = block0 * (32 / STEP);
+    int64_t full = n / STEP;
     double dl = 0, ds = 0, dm = 0;
-#pragma omp parallel for schedule(static) reduction(+:dl, ds, dm) if (n >= PAR_MIN)
-    for (int64_t chunk = 0; chunk < (full + 255) / 256; chunk++) { /* float lanes flushed to double per chunk */
-        __m256 sl = _mm256_setzero_ps(), ss = _mm256_setzero_ps(), sm = _mm256_setzero_ps();
-        int64_t stop = (chunk + 1) * 256 < full ? (chunk + 1) * 256 : full;
-        for (int64_t b = chunk * 256; b < stop; b++)
-            fwd_block(mu + 16 * b, rho + 16 * b, out + 16 * b, eps ? eps + 16 * b : NULL, b, k0, k1, kind, loc,
-                      &sl, &ss, &sm);
-        dl += hsum(sl); ds += hsum(ss); dm += hsum(sm);
+#pragma omp parallel for schedule(static) reduction(+ : dl, ds, dm) if (n >= PAR_MIN)
+    for (int64_t chunk = 0; chunk < (full * STEP + CHUNK - 1) / CHUNK; chunk++) {
+        kl_sums_t acc = {splat(0.0f), splat(0.0f), splat(0.0f)}; /* float lanes, flushed to double per chunk */
+        int64_t stop = (chunk + 1) * (CHUNK / STEP) < full ? (chunk + 1) * (CHUNK / STEP) : full;
+        for (int64_t it = chunk * (CHUNK / STEP); it < stop; it++) {
+            int64_t i = it * STEP;
+            forward_step(it0 + it, mu + i, rho + i, out + i, eps ? eps + i : NULL, rk, kind, loc_p, STEP, &acc);
+        }
+        dl += hsum(acc.log_sigma);
+        ds += hsum(acc.sigma2);
+        dm += hsum(acc.centred2);
     }
-    int64_t rem = n - 16 * full;
-    if (rem) { /* padded copy: padding has sigma = softplus(0), mu = loc_p; subtract its contribution */
-        float m[16], r[16], o[16], e[16];
-        for (int j = 0; j < 16; j++) { m[j] = loc_p; r[j] = 0.0f; }
-        memcpy(m, mu + 16 * full, rem * sizeof(float));
-        memcpy(r, rho + 16 * full, rem * sizeof(float));
-        __m256 sl = _mm256_setzero_ps(), ss = _mm256_setzero_ps(), sm = _mm256_setzero_ps();
-        fwd_block(m, r, o, e, full, k0, k1, kind, loc, &sl, &ss, &sm);
-        memcpy(out + 16 * full, o, rem * sizeof(float));
-        if (eps) memcpy(eps + 16 * full, e, rem * sizeof(float));
-        float l[8], s2[8];
-        _mm256_storeu_ps(l, _ZGVdN8v_logf(softplus8(_mm256_setzero_ps(), NULL, NULL)));
-        _mm256_storeu_ps(s2, softplus8(_mm256_setzero_ps(), NULL, NULL));
-        dl += hsum(sl) - (16 - rem) * (double)l[0];
-        ds += hsum(ss) - (16 - rem) * (double)s2[0] * (double)s2[0];
-        dm += hsum(sm);
+    int rem = (int)(n - STEP * full);
+    if (rem) {
+        float m[STEP], r[STEP], o[STEP], e[STEP];
+        for (int j = 0; j < STEP; j++) { /* padding: mu = loc_p, and rho on the fast path; excluded from the sums */
+            m[j] = loc_p;
+            r[j] = -10.0f;
+        }
+        memcpy(m, mu + STEP * full, rem * sizeof(float));
+        memcpy(r, rho + STEP * full, rem * sizeof(float));
+        kl_sums_t acc = {splat(0.0f), splat(0.0f), splat(0.0f)};
+        forward_step(it0 + full, m, r, o, e, rk, kind, loc_p, rem, &acc);
+        memcpy(out + STEP * full, o, rem * sizeof(float));
+        if (eps) memcpy(eps + STEP * full, e, rem * sizeof(float));
+        dl += hsum(acc.log_sigma);
+        ds += hsum(acc.sigma2);
+        dm += hsum(acc.centred2);
     }
-    sums[0] = dl; sums[1] = ds; sums[2] = dm;
+    sums[0] += dl;
+    sums[1] += ds;
+    sums[2] += dm;
 }
 
-/* grad_mu = [kind 0] g + (mu - loc_p) gkl / s^2
-   grad_rho = sigmoid(rho) (g d out / d sigma + gkl (sigma / s^2 - 1 / sigma)),  d out / d sigma = eps or 2 sigma */
-static inline void bwd8(const float *g, const float *mu, const float *rho, float *gmu, float *grho, __m256 z, int kind,
-                        __m256 loc, __m256 gkl, __m256 gkl_iv, __m256 iv) {
-    __m256 gv = _mm256_loadu_ps(g), m = _mm256_loadu_ps(mu), r = _mm256_loadu_ps(rho), e;
-    __m256 s = softplus8(r, &e, NULL);
-    const __m256 one = _mm256_set1_ps(1.0f);
-    __m256 big = _mm256_cmp_ps(r, _mm256_set1_ps(20.0f), _CMP_GT_OQ);
-    __m256 sig = _mm256_blendv_ps(_mm256_div_ps(e, _mm256_add_ps(one, e)), one, big);
-    __m256 gs = _mm256_mul_ps(gkl, _mm256_fmsub_ps(s, iv, _mm256_div_ps(one, s)));
-    __m256 dout = kind == 2 ? _mm256_add_ps(s, s) : z;
-    gs = _mm256_fmadd_ps(gv, dout, gs);
-    __m256 gm = _mm256_mul_ps(_mm256_sub_ps(m, loc), gkl_iv);
-    if (kind == 0) gm = _mm256_add_ps(gm, gv);
-    _mm256_storeu_ps(gmu, gm);
-    _mm256_storeu_ps(grho, _mm256_mul_ps(gs, sig));
+/* The forward pass over one or two parameter tensors (a layer's weight and bias: n2 = 0 for none) that share the
+   noise stream of (key0, key1): the second starts at the first 32-element block after the first's.
+   sums[0] = sum log sigma, sums[1] = sum sigma^2, sums[2] = sum (mu - loc_p)^2 over both. eps may be NULL. */
+void posterior_forward(const float *mu, const float *rho, float *out, float *eps, int64_t n, const float *mu2,
+                       const float *rho2, float *out2, float *eps2, int64_t n2, uint32_t key0, uint32_t key1, int kind,
+                       float loc_p, double *sums) {
+    const round_keys_t rk = make_round_keys(key0, key1);
+    sums[0] = sums[1] = sums[2] = 0.0;
+    forward_segment(mu, rho, out, eps, n, 0, &rk, kind, loc_p, sums);
+    if (n2 > 0) forward_segment(mu2, rho2, out2, eps2, n2, (n + 31) / 32, &rk, kind, loc_p, sums);
 }
 
-static void bwd_block(const float *g, const float *mu, const float *rho, const float *eps, float *gmu, float *grho,
-                      int kind, __m256 loc, __m256 gkl, __m256 gkl_iv, __m256 iv) {
-    __m256 zc = _mm256_setzero_ps(), zs = _mm256_setzero_ps();
-    if (kind != 2) {
-        zc = _mm256_loadu_ps(eps);
-        zs = _mm256_loadu_ps(eps + 8);
+/* ---- the backward pass (see the header); grad_out may be NULL (only the KL was used) ------------------------- */
+static inline void backward_w(const float *grad_out, const float *mu, const float *rho, const float *eps,
+                              float *grad_mu, float *grad_rho, int kind, float loc_p, float grad_kl, float inv_var) {
+    vf g = grad_out ? load(grad_out) : splat(0.0f);
+    softplus_t sp = softplus(load(rho));
+    vf dout = kind == 2 ? 2.0f * sp.sigma : load(eps); /* d out / d sigma */
+    vf gm = (load(mu) - loc_p) * (grad_kl * inv_var);
+    store(grad_mu, kind == 0 ? g + gm : gm);
+    store(grad_rho, sp.sigmoid * (g * dout + grad_kl * inv_var * sp.sigma) - grad_kl * sp.sigmoid_over_sigma);
+}
+
+/* eps NULL with kind != 2: the noise is drawn again from the key, as the forward pass drew it. */
+static void backward_segment(const float *grad_out, const float *mu, const float *rho, const float *eps, int64_t n,
+                             int64_t block0, const round_keys_t *rk, float *grad_mu, float *grad_rho, int kind,
+                             float loc_p, float grad_kl, float inv_var) {
+    const int64_t it0 = block0 * (32 / STEP);
+    const int regenerate = kind != 2 && eps == NULL;
+    int64_t full = n / STEP;
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (int64_t it = 0; it < full; it++) {
+        int64_t i = it * STEP;
+        float z[STEP];
+        const float *e = eps ? eps + i : NULL;
+        if (regenerate) {
+            vf lo, hi;
+            gauss(it0 + it, rk, &lo, &hi);
+            store(z, lo);
+            store(z + W, hi);
+            e = z;
+        }
+        for (int h = 0; h < STEP; h += W)
+            backward_w(grad_out ? grad_out + i + h : NULL, mu + i + h, rho + i + h, e ? e + h : NULL, grad_mu + i + h,
+                       grad_rho + i + h, kind, loc_p, grad_kl, inv_var);
     }
-    bwd8(g, mu, rho, gmu, grho, zc, kind, loc, gkl, gkl_iv, iv);
-    bwd8(g + 8, mu + 8, rho + 8, gmu + 8, grho + 8, zs, kind, loc, gkl, gkl_iv, iv);
+    int rem = (int)(n - STEP * full);
+    if (rem) {
+        float g[STEP] = {0}, m[STEP] = {0}, r[STEP] = {0}, e[STEP] = {0}, gm[STEP], gr[STEP];
+        int64_t i = STEP * full;
+        if (grad_out) memcpy(g, grad_out + i, rem * sizeof(float));
+        if (eps) memcpy(e, eps + i, rem * sizeof(float));
+        if (regenerate) {
+            vf lo, hi;
+            gauss(it0 + full, rk, &lo, &hi);
+            store(e, lo);
+            store(e + W, hi);
+        }
+        memcpy(m, mu + i, rem * sizeof(float));
+        memcpy(r, rho + i, rem * sizeof(float));
+        for (int h = 0; h < STEP; h += W)
+            backward_w(g + h, m + h, r + h, e + h, gm + h, gr + h, kind, loc_p, grad_kl, inv_var);
+        memcpy(grad_mu + i, gm, rem * sizeof(float));
+        memcpy(grad_rho + i, gr, rem * sizeof(float));
+    }
 }
 
+/* The backward pass of posterior_forward, segment by segment (grad_out2 may be NULL on its own). */
 void posterior_backward(const float *grad_out, const float *mu, const float *rho, const float *eps, float *grad_mu,
-                        float *grad_rho, int64_t n, int kind, float loc_p, float grad_kl, float inv_var) {
-    const __m256 loc = _mm256_set1_ps(loc_p), gkl = _mm256_set1_ps(grad_kl);
-    const __m256 iv = _mm256_set1_ps(inv_var), gkl_iv = _mm256_set1_ps(grad_kl * inv_var);
-    int64_t full = n / 16;
+                        float *grad_rho, int64_t n, const float *grad_out2, const float *mu2, const float *rho2,
+                        const float *eps2, float *grad_mu2, float *grad_rho2, int64_t n2, uint32_t key0, uint32_t key1,
+                        int kind, float loc_p, float grad_kl, float inv_var) {
+    const round_keys_t rk = make_round_keys(key0, key1);
+    backward_segment(grad_out, mu, rho, eps, n, 0, &rk, grad_mu, grad_rho, kind, loc_p, grad_kl, inv_var);
+    if (n2 > 0)
+        backward_segment(grad_out2, mu2, rho2, eps2, n2, (n + 31) / 32, &rk, grad_mu2, grad_rho2, kind, loc_p, grad_kl,
+                         inv_var);
+}
+
+/* ---- the noise stream alone (for tests, and for users who want the same eps): out_i = eps_(32 block0 + i) ---- */
+void standard_normal(float *out, int64_t n, uint32_t key0, uint32_t key1, int64_t block0) {
+    const round_keys_t rk = make_round_keys(key0, key1);
+    const int64_t it0 = block0 * (32 / STEP);
+    int64_t full = n / STEP;
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (int64_t b = 0; b < full; b++)
-        bwd_block(grad_out + 16 * b, mu + 16 * b, rho + 16 * b, eps ? eps + 16 * b : NULL, grad_mu + 16 * b,
-                  grad_rho + 16 * b, kind, loc, gkl, gkl_iv, iv);
-    int64_t rem = n - 16 * full;
+    for (int64_t it = 0; it < full; it++) {
+        vf lo, hi;
+        gauss(it0 + it, &rk, &lo, &hi);
+        store(out + STEP * it, lo);
+        store(out + STEP * it + W, hi);
+    }
+    int rem = (int)(n - STEP * full);
     if (rem) {
-        float g[16] = {0}, m[16] = {0}, r[16] = {0}, e[16] = {0}, gm[16], gr[16];
-        if (eps) memcpy(e, eps + 16 * full, rem * sizeof(float));
-        memcpy(g, grad_out + 16 * full, rem * sizeof(float));
-        memcpy(m, mu + 16 * full, rem * sizeof(float));
-        memcpy(r, rho + 16 * full, rem * sizeof(float));
-        bwd_block(g, m, r, eps ? e : NULL, gm, gr, kind, loc, gkl, gkl_iv, iv);
-        memcpy(grad_mu + 16 * full, gm, rem * sizeof(float));
-        memcpy(grad_rho + 16 * full, gr, rem * sizeof(float));
+        float o[STEP];
+        vf lo, hi;
+        gauss(it0 + full, &rk, &lo, &hi);
+        store(o, lo);
+        store(o + W, hi);
+        memcpy(out + STEP * full, o, rem * sizeof(float));
     }
 }
 
-/* The noise stream alone (for tests and for users who want the same eps): out_i = eps_i. */
-void standard_normal(float *out, int64_t n, uint32_t key0, uint32_t key1) {
-    const __m256i k0 = _mm256_set1_epi32((int)key0), k1 = _mm256_set1_epi32((int)key1);
-    int64_t full = n / 16;
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (int64_t b = 0; b < full; b++) {
-        __m256 zc, zs;
-        gauss16(b, k0, k1, &zc, &zs);
-        _mm256_storeu_ps(out + 16 * b, zc);
-        _mm256_storeu_ps(out + 16 * b + 8, zs);
-    }
-    int64_t rem = n - 16 * full;
-    if (rem) {
-        float o[16];
-        __m256 zc, zs;
-        gauss16(full, k0, k1, &zc, &zs);
-        _mm256_storeu_ps(o, zc);
-        _mm256_storeu_ps(o + 8, zs);
-        memcpy(out + 16 * full, o, rem * sizeof(float));
-    }
-}
+/* Which build this is: the SIMD width in float lanes (8: AVX2, 16: AVX-512). */
+int simd_width(void) { return W; }
