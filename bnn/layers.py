@@ -139,6 +139,54 @@ def _gaussian_posterior(mu: Tensor, rho: Tensor, kind: int, loc_p: float, scale_
     return _FusedGaussianPosterior.apply(mu, rho, eps, kind, loc_p, scale_p)
 
 
+class _BayesLinearSample(torch.autograd.Function):
+    """``BayesLinear`` in reparam mode with a Gaussian prior as one node: w = mu + sigma eps and b likewise (the
+    core's native kernel draws the noise, transforms it and sums the KL terms in one pass; the bias continues the
+    weight's noise stream), y = x w^T + b, and the closed-form KL. The weight sample and its noise never leave
+    the node, so their buffers (and the backward pass's dL/dw) come from the core's workspace and are reused
+    every step. Backward: dL/dx = g w, dL/dw = g^T x, then the kernel maps dL/dw, dL/db and dL/dKL to (mu, rho)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w_mu: Tensor, w_rho: Tensor, b_mu: Tensor | None, b_rho: Tensor | None,
+                loc_p: float, scale_p: float):
+        ws = native.WORKSPACE
+        w, eps_w = ws.take(w_mu.shape), ws.take(w_mu.shape)  # w = mu + sigma eps: (out, in)
+        b, eps_b = b_mu, None
+        if b_rho is not None:
+            b, eps_b = torch.empty_like(b_mu), torch.empty_like(b_mu)
+        second = None if b_rho is None else (b_mu, b_rho, b, eps_b)
+        sums = native.posterior_forward(w_mu, w_rho, w, eps_w, _WEIGHT, loc_p, native.new_key(), second)
+        kl = native.gaussian_kl(w_mu.numel() + (0 if b_rho is None else b_mu.numel()), sums, scale_p)
+        y = F.linear(x, w, b)  # (*, in) -> (*, out)
+        ctx.save_for_backward(x, w_mu, w_rho, b_mu, b_rho)
+        ctx.w, ctx.eps_w, ctx.eps_b, ctx.loc_p, ctx.scale_p = w, eps_w, eps_b, loc_p, scale_p
+        ws.recycle_with(ctx, w, eps_w)
+        return y, torch.scalar_tensor(kl, dtype=w_mu.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: Tensor | None, grad_kl: Tensor | None):
+        x, w_mu, w_rho, b_mu, b_rho = ctx.saved_tensors
+        g_kl = 0.0 if grad_kl is None else float(grad_kl)
+        grad_x = grad_w = grad_b = None
+        if grad_y is not None:
+            g2 = grad_y.reshape(-1, w_mu.shape[0])  # (B, out)
+            if ctx.needs_input_grad[0]:
+                grad_x = grad_y @ ctx.w  # (*, out) (out, in) -> (*, in)
+            grad_w = torch.mm(g2.t(), x.reshape(-1, w_mu.shape[1]), out=native.WORKSPACE.take(w_mu.shape))
+            grad_b = g2.sum(0) if b_mu is not None else None
+        grad_w_mu, grad_w_rho = torch.empty_like(w_mu), torch.empty_like(w_rho)
+        grad_b_mu, grad_b_rho, second = grad_b, None, None
+        if b_rho is not None:
+            grad_b_mu, grad_b_rho = torch.empty_like(b_mu), torch.empty_like(b_rho)
+            second = (grad_b, b_mu, b_rho, ctx.eps_b, grad_b_mu, grad_b_rho)
+        native.posterior_backward(grad_w, w_mu, w_rho, ctx.eps_w, grad_w_mu, grad_w_rho, _WEIGHT, ctx.loc_p, g_kl,
+                                  ctx.scale_p, second=second)
+        if grad_w is not None:
+            native.WORKSPACE.give_back(grad_w)
+        return grad_x, grad_w_mu, grad_w_rho, grad_b_mu, grad_b_rho, None, None
+
+
 class BayesLayer(nn.Module):
     """Shared machinery of the Bayesian layers (parameters, modes, KL). Subclasses define
     ``_affine(x, weight, bias)`` (the deterministic layer) and ``_signs_shape``."""
@@ -215,11 +263,14 @@ class BayesLayer(nn.Module):
     def _signs_shapes(self, x: Tensor, out_features: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         raise NotImplementedError
 
+    def _cache_kl(self, value: tuple | None) -> None:
+        object.__setattr__(self, "_kl_cache", value)  # skips nn.Module's parameter/buffer checks: a hot path
+
     def _masked(self, w: Tensor) -> Tensor:
         return w if self.weight_mask is None else w * self.weight_mask
 
     def forward(self, x: Tensor) -> Tensor:
-        self._kl_cache = None
+        self._cache_kl(None)
         b_mu = self.bias_mu
         if self.noise == "mean":
             return self._affine(x, self._masked(self.weight_mu), b_mu)
@@ -234,13 +285,13 @@ class BayesLayer(nn.Module):
         if self.noise == "frozen":
             w = q_w.transform(self.frozen_weight_eps)  # w = mu + sigma * eps_frozen
             b = b_mu if q_b is None else q_b.transform(self.frozen_bias_eps)
-            self._kl_cache = (w_sigma, b_sigma, w, b if q_b is not None else None)
+            self._cache_kl((w_sigma, b_sigma, w, b if q_b is not None else None))
             return self._affine(x, self._masked(w), b)
 
         if self.sampling == "reparam":
             w = q_w.rsample()  # w = mu + sigma * eps, eps ~ N(0, I): one sample per minibatch
             b = b_mu if q_b is None else q_b.rsample()
-            self._kl_cache = (w_sigma, b_sigma, w if mc else None, b if (mc and q_b is not None) else None)
+            self._cache_kl((w_sigma, b_sigma, w if mc else None, b if (mc and q_b is not None) else None))
             return self._affine(x, self._masked(w), b)
 
         mu_w = self._masked(self.weight_mu)
@@ -251,7 +302,7 @@ class BayesLayer(nn.Module):
                                  None if b_sigma is None else b_sigma.square())
             # Variance can be exactly 0 (an all-zero input row, no Bayesian bias): clamp so sqrt has a gradient.
             std = delta.clamp_min(torch.finfo(delta.dtype).tiny).sqrt()
-            self._kl_cache = (w_sigma, b_sigma, None, None)  # MC KL needs its own weight draw: kl_divergence()
+            self._cache_kl((w_sigma, b_sigma, None, None))  # MC KL needs its own weight draw: kl_divergence()
             return Normal(gamma, std, validate_args=False).rsample()
 
         # Flipout (Wen et al. 2018, eq. 4): y_n = x_n mu + ((x_n o s_n) dW) o r_n, dW = sigma o eps
@@ -269,10 +320,14 @@ class BayesLayer(nn.Module):
         if mc:
             w = self.weight_mu + delta_w  # the weight sample this minibatch used, for log q(w) - log p(w)
             b = None if delta_b is None else b_mu + delta_b
-            self._kl_cache = (w_sigma, b_sigma, w, b)
+            self._cache_kl((w_sigma, b_sigma, w, b))
         else:
-            self._kl_cache = (w_sigma, b_sigma, None, None)
+            self._cache_kl((w_sigma, b_sigma, None, None))
         return out
+
+    def _fused_sample_forward(self, x: Tensor, loc_p: float, scale_p: float) -> tuple[Tensor, Tensor] | None:
+        """(output, KL) from one node for the whole layer in reparam mode, where a subclass has one; else None."""
+        return None
 
     def _fused_forward(self, x: Tensor) -> Tensor:
         """Training hot path (Gaussian prior, closed-form KL): one fused node per parameter tensor gives the
@@ -280,12 +335,17 @@ class BayesLayer(nn.Module):
         loc_p, scale_p = self.prior.gaussian()
         b_mu = self.bias_mu
         kind = {"reparam": _WEIGHT, "flipout": _DELTA, "local": _VARIANCE}[self.sampling]
+        if kind == _WEIGHT:
+            fused = self._fused_sample_forward(x, loc_p, scale_p)
+            if fused is not None:
+                self._cache_kl(("fused", fused[1]))
+                return fused[0]
         w_term, kl = _gaussian_posterior(self.weight_mu, self.weight_rho, kind, loc_p, scale_p)
         b_term = b_mu
         if self.bias_rho is not None:
             b_term, kl_b = _gaussian_posterior(b_mu, self.bias_rho, kind, loc_p, scale_p)
             kl = kl + kl_b
-        self._kl_cache = ("fused", kl)
+        self._cache_kl(("fused", kl))
         if kind == _WEIGHT:
             return self._affine(x, w_term, b_term)  # one weight sample per minibatch
         if kind == _VARIANCE:
@@ -307,7 +367,8 @@ class BayesLayer(nn.Module):
         """KL(q || p) of this layer (a scalar): closed form for a Gaussian prior, else the Monte Carlo
         estimate log q(w) - log p(w) on the weight sample the last forward pass used (a fresh draw when
         that pass formed no weight sample: local reparameterization or the mean network)."""
-        cache, self._kl_cache = self._kl_cache, None  # each forward's sample feeds at most one KL
+        cache = self._kl_cache
+        self._cache_kl(None)  # each forward's sample feeds at most one KL
         if cache is not None and cache[0] == "fused":
             if cache[1].requires_grad or not torch.is_grad_enabled():
                 return cache[1]  # computed with the forward pass by the fused op
@@ -356,6 +417,14 @@ class BayesLinear(BayesLayer):
 
     def _affine(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.linear(x, weight, bias)
+
+    def _fused_sample_forward(self, x: Tensor, loc_p: float, scale_p: float) -> tuple[Tensor, Tensor] | None:
+        w_mu, w_rho, b_mu, b_rho = self.weight_mu, self.weight_rho, self.bias_mu, self.bias_rho
+        if x.dtype != torch.float32 or not x.is_cpu or torch.is_autocast_enabled("cpu"):
+            return None
+        if not native.usable_for(w_mu, w_rho, *(t for t in (b_mu, b_rho) if t is not None)):
+            return None
+        return _BayesLinearSample.apply(x, w_mu, w_rho, b_mu, b_rho, float(loc_p), float(scale_p))
 
     def _signs_shapes(self, x: Tensor, out_features: int):
         if x.dim() != 2:

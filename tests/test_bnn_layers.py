@@ -12,6 +12,7 @@ from torch import nn
 
 import bnn
 from bnn import BayesConv2d, BayesLinear
+from reparam_apps import native
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -364,3 +365,89 @@ def test_fused_training_path_matches_the_core_transform_and_kl(sampling):
         g2 = torch.autograd.grad(ref.square().sum(), (mu, rho))
         for a, b in zip(g1, g2, strict=True):
             assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+native_only = pytest.mark.skipif(not native.available(), reason=f"native kernel: {native.unavailable_reason()}")
+
+
+def _native_reference(layer: BayesLinear, key: tuple[int, int]):
+    """w = mu + softplus(rho) eps in float64 autograd, eps rebuilt from the layer's key (the bias continuing the
+    weight's stream), and the closed-form KL to N(0.1, 0.8^2)."""
+    n_w = layer.weight_mu.numel()
+    eps_w = native.standard_normal(layer.weight_mu.shape, key).double()
+    params = [p.detach().double().requires_grad_() for p in (layer.weight_mu, layer.weight_rho)]
+    w = params[0] + F.softplus(params[1]) * eps_w
+    kl = (math.log(0.8) - F.softplus(params[1]).log()
+          + (F.softplus(params[1]) ** 2 + (params[0] - 0.1) ** 2) / (2 * 0.8**2) - 0.5).sum()
+    b = None
+    if layer.bias_mu is not None:
+        params.append(layer.bias_mu.detach().double().requires_grad_())
+        b = params[-1]
+        if layer.bias_rho is not None:
+            params.append(layer.bias_rho.detach().double().requires_grad_())
+            eps_b = native.standard_normal(layer.bias_mu.shape, key, offset=native.second_offset(n_w)).double()
+            sb = F.softplus(params[-1])
+            b = params[-2] + sb * eps_b
+            kl = kl + (math.log(0.8) - sb.log() + (sb**2 + (params[-2] - 0.1) ** 2) / (2 * 0.8**2) - 0.5).sum()
+    return params, w, b, kl
+
+
+@native_only
+@pytest.mark.parametrize("bias", ["bayesian", "point", "none"])
+@pytest.mark.parametrize("x_shape", [(6, 40), (40,), (2, 3, 40)])
+def test_native_fused_linear_matches_float64_autograd(bias, x_shape):
+    """BayesLinear's one-node native path (float32): output, KL and every gradient (x, mu, rho, bias) against float64
+    autograd on the same noise, for any leading input shape, with and without a (Bayesian) bias."""
+    torch.manual_seed(0)
+    layer = BayesLinear(40, 24, bias=bias != "none", bayesian_bias=bias == "bayesian",
+                        prior=bnn.GaussianPrior(0.8, loc=0.1), init_rho=-3.0)
+    _set_params(layer, sigma_range=(0.001, 0.3))
+    x = torch.randn(x_shape, requires_grad=True)
+    torch.manual_seed(5)
+    y = layer(x)
+    kl = layer.kl_divergence()
+    assert y.grad_fn is not None and "BayesLinearSample" in type(y.grad_fn).__name__  # the fused node ran
+    g_out = torch.randn(y.shape)
+    grads = torch.autograd.grad((y * g_out).sum() + 0.3 * kl, [x] + [p for p in layer.parameters()])
+    torch.manual_seed(5)
+    params, w, b, ref_kl = _native_reference(layer, native.new_key())
+    x64 = x.detach().double().requires_grad_()
+    ref_y = F.linear(x64, w, b)
+    ref = torch.autograd.grad((ref_y * g_out.double()).sum() + 0.3 * ref_kl, [x64] + params)
+    torch.testing.assert_close(y.double(), ref_y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kl.double(), ref_kl, rtol=1e-5, atol=1e-4)
+    for got, want in zip(grads, ref, strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+@native_only
+def test_native_fused_linear_keeps_each_graph_s_noise_until_its_backward():
+    """Two forward passes before one backward (several MC samples per step): each graph keeps its own weight
+    sample and noise, so the summed gradient equals the sum of the two references; recycled buffers are only
+    handed out again once a graph is freed."""
+    torch.manual_seed(0)
+    layer = BayesLinear(300, 200, prior=bnn.GaussianPrior(0.8, loc=0.1))  # 60k weights: above the pool's minimum
+    x = torch.randn(4, 300)
+    torch.manual_seed(11)
+    y1, kl1 = layer(x), layer.kl_divergence()
+    y2, kl2 = layer(x), layer.kl_divergence()
+    grads = torch.autograd.grad(y1.square().sum() + y2.sum() + kl1 + kl2, list(layer.parameters()))
+    torch.manual_seed(11)
+    refs = []
+    for loss in (lambda y: y.square().sum(), lambda y: y.sum()):
+        params, w, b, ref_kl = _native_reference(layer, native.new_key())
+        refs.append(torch.autograd.grad(loss(F.linear(x.double(), w, b)) + ref_kl, params))
+    for got, a, b in zip(grads, *refs, strict=True):
+        torch.testing.assert_close(got.double(), a + b, rtol=1e-4, atol=1e-5)
+
+
+def test_autocast_and_float64_fall_back_to_the_generic_path():
+    layer = BayesLinear(8, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(torch.randn(3, 8))
+    (y.float().sum() + layer.kl_divergence()).backward()
+    assert y.dtype == torch.bfloat16 and torch.isfinite(layer.weight_rho.grad).all()
+    layer64 = BayesLinear(8, 4).double()
+    y64 = layer64(torch.randn(3, 8, dtype=torch.float64))
+    (y64.sum() + layer64.kl_divergence()).backward()
+    assert "BayesLinearSample" not in type(y64.grad_fn).__name__ and layer64.weight_mu.grad.dtype == torch.float64

@@ -201,7 +201,8 @@ def test_switch_off_falls_back_cleanly():
 
 
 def test_bayes_linear_uses_the_kernel_with_its_noise_stream():
-    """The layer's sample is mu + softplus(rho) eps with eps from the keys it drew (weight first, then bias)."""
+    """The layer's sample is mu + softplus(rho) eps with eps from the key it drew: the weight's stream, and the
+    bias continuing it at second_offset(weight numel)."""
     import bnn
 
     layer = bnn.BayesLinear(20, 7, init_rho=-3.0)
@@ -210,8 +211,9 @@ def test_bayes_linear_uses_the_kernel_with_its_noise_stream():
     y = layer(x)
     kl = bnn.kl_divergence(layer)
     torch.manual_seed(4)
-    eps_w = native.standard_normal((7, 20), native.new_key())
-    eps_b = native.standard_normal((7,), native.new_key())
+    key = native.new_key()
+    eps_w = native.standard_normal((7, 20), key)
+    eps_b = native.standard_normal((7,), key, offset=native.second_offset(7 * 20))
     with torch.no_grad():
         w = layer.weight_mu + F.softplus(layer.weight_rho) * eps_w
         b = layer.bias_mu + F.softplus(layer.bias_rho) * eps_b
