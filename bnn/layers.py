@@ -353,7 +353,8 @@ class BayesLayer(nn.Module):
             gamma = self._affine(x, self.weight_mu, b_mu)
             delta = self._affine(x.square(), w_term, None if self.bias_rho is None else b_term)
             std = delta.clamp_min(torch.finfo(delta.dtype).tiny).sqrt()
-            return Normal(gamma, std, validate_args=False).rsample()
+            # b = gamma + std * eps: the core's transform on its (native, where it can) standard-normal noise
+            return Normal(gamma, std, validate_args=False).transform(_standard_noise(gamma.shape, gamma))
         # Flipout (Wen et al. 2018, eq. 4), signs from the core's standard-normal noise
         shape_in, shape_out = self._signs_shapes(x, self.weight_mu.shape[0])
         n_in = math.prod(shape_in[1:])
