@@ -141,8 +141,9 @@ def _gaussian_posterior(mu: Tensor, rho: Tensor, kind: int, loc_p: float, scale_
 
 class _BayesLinearSample(torch.autograd.Function):
     """``BayesLinear`` in reparam mode with a Gaussian prior as one node: w = mu + sigma eps and b likewise (the
-    core's native kernel draws the noise, transforms it and sums the KL terms in one pass; the bias continues the
-    weight's noise stream), y = x w^T + b, and the closed-form KL. The weight sample and its noise never leave
+    core's native kernel draws the noise, transforms it and sums the KL terms in one pass, with a key for the weight
+    and then one for the bias, as the per-tensor path draws them: both give the same numbers), y = x w^T + b, and
+    the closed-form KL. The weight sample and its noise never leave
     the node, so their buffers (and the backward pass's dL/dw) come from the core's workspace and are reused
     every step. Backward: dL/dx = g w, dL/dw = g^T x, then the kernel maps dL/dw, dL/db and dL/dKL to (mu, rho)."""
 
@@ -154,8 +155,9 @@ class _BayesLinearSample(torch.autograd.Function):
         b, eps_b = b_mu, None
         if b_rho is not None:
             b, eps_b = torch.empty_like(b_mu), torch.empty_like(b_mu)
-        second = None if b_rho is None else (b_mu, b_rho, b, eps_b)
-        sums = native.posterior_forward(w_mu, w_rho, w, eps_w, _WEIGHT, loc_p, native.new_key(), second)
+        key_w = native.new_key()
+        second, key_b = (None, None) if b_rho is None else ((b_mu, b_rho, b, eps_b), native.new_key())
+        sums = native.posterior_forward(w_mu, w_rho, w, eps_w, _WEIGHT, loc_p, key_w, second, key_b)
         kl = native.gaussian_kl(w_mu.numel() + (0 if b_rho is None else b_mu.numel()), sums, scale_p)
         y = F.linear(x, w, b)  # (*, in) -> (*, out)
         ctx.save_for_backward(x, w_mu, w_rho, b_mu, b_rho)

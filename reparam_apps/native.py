@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["available", "unavailable_reason", "simd_width", "usable_for", "new_key", "second_offset", "standard_normal",
+__all__ = ["available", "unavailable_reason", "simd_width", "usable_for", "new_key", "standard_normal",
            "gaussian_posterior", "posterior_forward", "posterior_backward", "gaussian_kl", "Workspace", "WORKSPACE",
            "KINDS"]
 
@@ -138,9 +138,10 @@ def _load() -> ctypes.CDLL | None:
         warnings.warn(f"reparam_apps.native: {_reason}; using the eager torch path", RuntimeWarning, stacklevel=3)
         return None
     p, i64, u32, c_int, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint32, ctypes.c_int, ctypes.c_float
-    lib.posterior_forward.argtypes = [p, p, p, p, i64, p, p, p, p, i64, u32, u32, c_int, f32, p]
+    lib.posterior_forward.argtypes = [p, p, p, p, i64, u32, u32, p, p, p, p, i64, u32, u32, c_int, f32, p]
     lib.posterior_forward.restype = None
-    lib.posterior_backward.argtypes = [p, p, p, p, p, p, i64, p, p, p, p, p, p, i64, u32, u32, c_int, f32, f32, f32]
+    segment = [p, p, p, p, p, p, i64, u32, u32]  # grad_out, mu, rho, eps, grad_mu, grad_rho, n, key
+    lib.posterior_backward.argtypes = [*segment, *segment, c_int, f32, f32, f32]
     lib.posterior_backward.restype = None
     lib.standard_normal.argtypes = [p, i64, u32, u32, i64]
     lib.standard_normal.restype = None
@@ -181,12 +182,6 @@ def new_key() -> tuple[int, int]:
     return k0, k1
 
 
-def second_offset(numel: int) -> int:
-    """Where the second tensor of a (weight, bias) pair starts in their shared stream: the first 32-element
-    block after the first tensor's ``numel`` elements."""
-    return 32 * ((numel + 31) // 32)
-
-
 def _words(key: tuple[int, int]) -> tuple[int, int]:
     return int(key[0]) & 0xFFFFFFFF, int(key[1]) & 0xFFFFFFFF
 
@@ -200,9 +195,9 @@ def _require() -> ctypes.CDLL:
 
 def standard_normal(shape: torch.Size | tuple[int, ...], key: tuple[int, int] | None = None,
                     offset: int = 0) -> Tensor:
-    """eps ~ N(0, I) of ``shape`` (float32, CPU): elements ``offset`` .. ``offset + numel - 1`` of the counter-based
-    stream ``key`` (a new key if None), the noise ``gaussian_posterior`` uses for the same key. ``offset`` is a
-    multiple of 32, e.g. ``second_offset(weight.numel())`` for a layer's bias."""
+    """eps ~ N(0, I) of ``shape`` (float32, CPU): elements ``offset`` .. ``offset + numel - 1`` (``offset`` a
+    multiple of 32) of the counter-based stream ``key`` (a new key if None); with offset 0, the noise
+    ``gaussian_posterior`` uses for the same key."""
     lib = _require()
     if offset < 0 or offset % 32:
         raise ValueError(f"offset must be a non-negative multiple of 32, got {offset}")
@@ -264,18 +259,20 @@ def _ptr(t: Tensor | None) -> int | None:
 
 def posterior_forward(mu: Tensor, rho: Tensor, out: Tensor, eps: Tensor | None, kind: int, prior_loc: float,
                       key: tuple[int, int], second: tuple[Tensor, Tensor, Tensor, Tensor | None] | None = None,
-                      ) -> tuple[float, float, float]:
+                      second_key: tuple[int, int] | None = None) -> tuple[float, float, float]:
     """The forward pass into caller-owned buffers (no autograd, no checks beyond the kernel's needs): ``out`` gets
-    the ``kind`` output (an int of ``KINDS``), ``eps`` the noise (None for "variance" or to not keep it).
-    ``second`` = (mu2, rho2, out2, eps2), a second tensor (a layer's bias) that continues the same noise stream
-    at ``second_offset(mu.numel())``. Returns (sum log sigma, sum sigma^2, sum (mu - prior_loc)^2) over both,
-    for ``gaussian_kl``."""
+    the ``kind`` output (an int of ``KINDS``), ``eps`` the noise of stream ``key`` (None for "variance" or to not
+    keep it). ``second`` = (mu2, rho2, out2, eps2) is a second tensor (a layer's bias) with the stream of
+    ``second_key``, done in the same call; the numbers are those of two separate calls. Returns
+    (sum log sigma, sum sigma^2, sum (mu - prior_loc)^2) over both, for ``gaussian_kl``."""
     lib = _lib if _lib is not None else _require()
     sums = (ctypes.c_double * 3)()
     k0, k1 = _words(key)
     mu2, rho2, out2, eps2 = second if second is not None else (None, None, None, None)
-    lib.posterior_forward(mu.data_ptr(), rho.data_ptr(), out.data_ptr(), _ptr(eps), mu.numel(), _ptr(mu2), _ptr(rho2),
-                          _ptr(out2), _ptr(eps2), 0 if mu2 is None else mu2.numel(), k0, k1, kind, prior_loc, sums)
+    j0, j1 = _words(second_key) if second_key is not None else (0, 0)
+    lib.posterior_forward(mu.data_ptr(), rho.data_ptr(), out.data_ptr(), _ptr(eps), mu.numel(), k0, k1, _ptr(mu2),
+                          _ptr(rho2), _ptr(out2), _ptr(eps2), 0 if mu2 is None else mu2.numel(), j0, j1, kind,
+                          prior_loc, sums)
     return sums[0], sums[1], sums[2]
 
 
@@ -290,19 +287,21 @@ def posterior_backward(grad_out: Tensor | None, mu: Tensor, rho: Tensor, eps: Te
                        grad_rho: Tensor, kind: int, prior_loc: float, grad_kl: float, prior_scale: float,
                        key: tuple[int, int] | None = None,
                        second: tuple[Tensor | None, Tensor, Tensor, Tensor | None, Tensor, Tensor] | None = None,
-                       ) -> None:
+                       second_key: tuple[int, int] | None = None) -> None:
     """The backward pass into caller-owned ``grad_mu`` and ``grad_rho``: the gradients of
     <grad_out, out> + grad_kl KL (``grad_out`` None: the KL term alone; it must be contiguous). ``eps`` is the
     forward pass's noise, or None to draw it again from the forward pass's ``key`` (less memory, more compute).
     ``second`` = (grad_out2, mu2, rho2, eps2, grad_mu2, grad_rho2) for the forward pass's second tensor."""
-    if key is None and kind != KINDS["variance"] and (eps is None or (second is not None and second[3] is None)):
+    g2, mu2, rho2, eps2, gm2, gr2 = second if second is not None else (None,) * 6
+    if kind != KINDS["variance"] and ((eps is None and key is None)
+                                      or (mu2 is not None and eps2 is None and second_key is None)):
         raise ValueError("posterior_backward needs the forward pass's eps or its key")
     lib = _lib if _lib is not None else _require()
     k0, k1 = _words(key) if key is not None else (0, 0)
-    g2, mu2, rho2, eps2, gm2, gr2 = second if second is not None else (None,) * 6
+    j0, j1 = _words(second_key) if second_key is not None else (0, 0)
     lib.posterior_backward(_ptr(grad_out), mu.data_ptr(), rho.data_ptr(), _ptr(eps), grad_mu.data_ptr(),
-                           grad_rho.data_ptr(), mu.numel(), _ptr(g2), _ptr(mu2), _ptr(rho2), _ptr(eps2), _ptr(gm2),
-                           _ptr(gr2), 0 if mu2 is None else mu2.numel(), k0, k1, kind, prior_loc, grad_kl,
+                           grad_rho.data_ptr(), mu.numel(), k0, k1, _ptr(g2), _ptr(mu2), _ptr(rho2), _ptr(eps2),
+                           _ptr(gm2), _ptr(gr2), 0 if mu2 is None else mu2.numel(), j0, j1, kind, prior_loc, grad_kl,
                            1.0 / prior_scale**2)
 
 

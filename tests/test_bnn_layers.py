@@ -370,11 +370,10 @@ def test_fused_training_path_matches_the_core_transform_and_kl(sampling):
 native_only = pytest.mark.skipif(not native.available(), reason=f"native kernel: {native.unavailable_reason()}")
 
 
-def _native_reference(layer: BayesLinear, key: tuple[int, int]):
-    """w = mu + softplus(rho) eps in float64 autograd, eps rebuilt from the layer's key (the bias continuing the
-    weight's stream), and the closed-form KL to N(0.1, 0.8^2)."""
-    n_w = layer.weight_mu.numel()
-    eps_w = native.standard_normal(layer.weight_mu.shape, key).double()
+def _native_reference(layer: BayesLinear):
+    """w = mu + softplus(rho) eps in float64 autograd, eps rebuilt from the keys the layer drew from torch's
+    generator (weight first, then a Bayesian bias), and the closed-form KL to N(0.1, 0.8^2)."""
+    eps_w = native.standard_normal(layer.weight_mu.shape, native.new_key()).double()
     params = [p.detach().double().requires_grad_() for p in (layer.weight_mu, layer.weight_rho)]
     w = params[0] + F.softplus(params[1]) * eps_w
     kl = (math.log(0.8) - F.softplus(params[1]).log()
@@ -385,7 +384,7 @@ def _native_reference(layer: BayesLinear, key: tuple[int, int]):
         b = params[-1]
         if layer.bias_rho is not None:
             params.append(layer.bias_rho.detach().double().requires_grad_())
-            eps_b = native.standard_normal(layer.bias_mu.shape, key, offset=native.second_offset(n_w)).double()
+            eps_b = native.standard_normal(layer.bias_mu.shape, native.new_key()).double()
             sb = F.softplus(params[-1])
             b = params[-2] + sb * eps_b
             kl = kl + (math.log(0.8) - sb.log() + (sb**2 + (params[-2] - 0.1) ** 2) / (2 * 0.8**2) - 0.5).sum()
@@ -410,7 +409,7 @@ def test_native_fused_linear_matches_float64_autograd(bias, x_shape):
     g_out = torch.randn(y.shape)
     grads = torch.autograd.grad((y * g_out).sum() + 0.3 * kl, [x] + [p for p in layer.parameters()])
     torch.manual_seed(5)
-    params, w, b, ref_kl = _native_reference(layer, native.new_key())
+    params, w, b, ref_kl = _native_reference(layer)
     x64 = x.detach().double().requires_grad_()
     ref_y = F.linear(x64, w, b)
     ref = torch.autograd.grad((ref_y * g_out.double()).sum() + 0.3 * ref_kl, [x64] + params)
@@ -435,7 +434,7 @@ def test_native_fused_linear_keeps_each_graph_s_noise_until_its_backward():
     torch.manual_seed(11)
     refs = []
     for loss in (lambda y: y.square().sum(), lambda y: y.sum()):
-        params, w, b, ref_kl = _native_reference(layer, native.new_key())
+        params, w, b, ref_kl = _native_reference(layer)
         refs.append(torch.autograd.grad(loss(F.linear(x.double(), w, b)) + ref_kl, params))
     for got, a, b in zip(grads, *refs, strict=True):
         torch.testing.assert_close(got.double(), a + b, rtol=1e-4, atol=1e-5)
@@ -451,3 +450,26 @@ def test_autocast_and_float64_fall_back_to_the_generic_path():
     y64 = layer64(torch.randn(3, 8, dtype=torch.float64))
     (y64.sum() + layer64.kl_divergence()).backward()
     assert "BayesLinearSample" not in type(y64.grad_fn).__name__ and layer64.weight_mu.grad.dtype == torch.float64
+
+
+@native_only
+def test_native_fused_linear_gives_the_numbers_of_the_per_tensor_path():
+    """The one-node path and the per-tensor path (core op on each tensor, then F.linear) draw the same keys in the
+    same order: training a small network a few steps with either gives bit-identical parameters."""
+    results = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        net = nn.Sequential(BayesLinear(30, 20), nn.ReLU(), BayesLinear(20, 5, bayesian_bias=False),
+                            nn.ReLU(), BayesLinear(5, 3, bias=False))
+        if not fused:
+            for layer in bnn.bayes_layers(net):
+                layer._fused_sample_forward = lambda *args: None  # the per-tensor path
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        x, y = torch.randn(16, 30), torch.randint(0, 3, (16,))
+        for _ in range(5):
+            loss = bnn.elbo_loss(net, bnn.CategoricalLikelihood(), x, y, n_data=100).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        results.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
+    assert torch.equal(results[0], results[1])

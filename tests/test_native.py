@@ -201,8 +201,7 @@ def test_switch_off_falls_back_cleanly():
 
 
 def test_bayes_linear_uses_the_kernel_with_its_noise_stream():
-    """The layer's sample is mu + softplus(rho) eps with eps from the key it drew: the weight's stream, and the
-    bias continuing it at second_offset(weight numel)."""
+    """The layer's sample is mu + softplus(rho) eps with eps from the keys it drew (weight first, then bias)."""
     import bnn
 
     layer = bnn.BayesLinear(20, 7, init_rho=-3.0)
@@ -211,9 +210,8 @@ def test_bayes_linear_uses_the_kernel_with_its_noise_stream():
     y = layer(x)
     kl = bnn.kl_divergence(layer)
     torch.manual_seed(4)
-    key = native.new_key()
-    eps_w = native.standard_normal((7, 20), key)
-    eps_b = native.standard_normal((7,), key, offset=native.second_offset(7 * 20))
+    eps_w = native.standard_normal((7, 20), native.new_key())
+    eps_b = native.standard_normal((7,), native.new_key())
     with torch.no_grad():
         w = layer.weight_mu + F.softplus(layer.weight_rho) * eps_w
         b = layer.bias_mu + F.softplus(layer.bias_rho) * eps_b
@@ -247,28 +245,31 @@ def test_avx2_and_avx512_builds_compute_the_same_numbers():
     assert sums == pytest.approx(list(sums_here), rel=1e-6)
 
 
-def test_second_tensor_continues_the_stream_and_backward_can_redraw_the_noise():
-    """posterior_forward's second tensor (a layer's bias) uses the stream from second_offset(first numel); the
-    backward pass gives the same gradients from the stored eps and from the key alone."""
+def test_second_tensor_has_its_own_stream_and_backward_can_redraw_the_noise():
+    """posterior_forward's second tensor (a layer's bias) gets the stream of its own key, the numbers of a separate
+    call; the backward pass gives the same gradients from the stored eps and from the keys alone."""
     gen = torch.Generator().manual_seed(1)
     mu, rho = torch.randn(50, generator=gen), torch.rand(50, generator=gen) * 6 - 8
     mu2, rho2 = torch.randn(7, generator=gen), torch.rand(7, generator=gen) * 6 - 8
     out, eps, out2, eps2 = torch.empty(50), torch.empty(50), torch.empty(7), torch.empty(7)
-    key = (77, 88)
-    sums = native.posterior_forward(mu, rho, out, eps, 0, 0.0, key, second=(mu2, rho2, out2, eps2))
+    key, key2 = (77, 88), (99, 11)
+    sums = native.posterior_forward(mu, rho, out, eps, 0, 0.0, key, second=(mu2, rho2, out2, eps2), second_key=key2)
     assert torch.equal(eps, native.standard_normal((50,), key))
-    assert torch.equal(eps2, native.standard_normal((7,), key, offset=native.second_offset(50)))
-    assert native.second_offset(50) == 64
+    assert torch.equal(eps2, native.standard_normal((7,), key2))
+    alone = torch.empty(7)
+    sums2 = native.posterior_forward(mu2, rho2, alone, None, 0, 0.0, key2)
+    assert torch.equal(out2, alone)
     torch.testing.assert_close(out2, mu2 + F.softplus(rho2) * eps2, rtol=1e-6, atol=1e-6)
     sigma = F.softplus(torch.cat([rho, rho2]).double())
     assert sums[0] == pytest.approx(sigma.log().sum().item(), rel=1e-6)
     assert sums[1] == pytest.approx((sigma**2).sum().item(), rel=1e-6)
+    assert sums2[1] == pytest.approx((sigma[50:] ** 2).sum().item(), rel=1e-6)
     g, g2 = torch.randn(50, generator=gen), torch.randn(7, generator=gen)
     grads = []
     for stored in (True, False):
         gm, gr, gm2, gr2 = torch.empty(50), torch.empty(50), torch.empty(7), torch.empty(7)
         native.posterior_backward(g, mu, rho, eps if stored else None, gm, gr, 0, 0.0, 0.3, 1.0, key=key,
-                                  second=(g2, mu2, rho2, eps2 if stored else None, gm2, gr2))
+                                  second=(g2, mu2, rho2, eps2 if stored else None, gm2, gr2), second_key=key2)
         grads.append(torch.cat([gm, gr, gm2, gr2]))
     assert torch.equal(grads[0], grads[1])
     with pytest.raises(ValueError, match="eps or its key"):

@@ -68,7 +68,8 @@ static inline int any(vi mask) { return _mm256_movemask_ps((__m256)mask) != 0; }
 #define LN2_LO 1.42860682030941723212e-6f
 
 /* e^x for x <= 0: x = n ln2 + f, |f| <= ln2 / 2, e^f by Taylor to f^7 (truncation < |f|^8 / 8! < 6e-9, relative).
-   x is clamped at -87 (e^-87 = 1.6e-38 is near the smallest normal float), so the result is never subnormal. */
+   x is clamped at -87 (e^-87 = 1.6e-38, just above the smallest normal float), so the result is never subnormal:
+   sigma = softplus(rho) is floored at 1.6e-38 (rho < -87 acts as -87 there; its log keeps rho). */
 static inline vf exp_nonpositive(vf x) {
     x = vmax(x, splat(-87.0f));
     vf t = x * 1.44269504088896341f + 12582912.0f;  /* 1.5 2^23: n = round(x / ln2) lands in the low bits */
@@ -87,7 +88,7 @@ static inline vf exp_nonpositive(vf x) {
 }
 
 /* log x for a positive normal float: x = 2^k m, m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s), s = (m - 1) / (m + 1),
-   |s| <= 0.1716, by its series to s^9 (truncation < 2 |s|^11 / 11 / (1 - s^2) < 7e-10, relative to log m). */
+   |s| <= 0.1716, by its series to s^9 (truncation < 2 |s|^11 / 11 / (1 - s^2), i.e. < 3e-9 relative to log m). */
 static inline vf vlog(vf x) {
     vi bits = (vi)x;
     vi k = ((bits >> 23) & 0xff) - 127;
@@ -112,7 +113,7 @@ typedef struct {
 /* With t = e^-|rho| in (0, 1]:  softplus(rho) = max(rho, 0) + log1p(t),  sigmoid(rho) = (rho >= 0 ? 1 : t) / (1 + t).
    Fast path, when every rho <= -4 (the usual regime: small posterior sigmas): t <= e^-4 = 0.0183 and
    log1p(t) = t y, y = 1 + w, w = -t/2 + t^2/3 - ... + t^6/7 (truncation < t^7 / 8 < 1e-13, relative), so
-   sigma = t y and log sigma = rho + log(1 + w), w in [-0.0092, 0], by its series to w^5 (truncation < 1e-13).
+   sigma = t y and log sigma = rho + log(1 + w), w in [-0.0092, 0], by its series to w^5 (truncation < 2e-13).
    General path: log1p(t) = 2 atanh(u), u = t / (2 + t) <= 1/3, by its series to u^15 (truncation < 2e-9, relative),
    written t Q with Q = 2 P(u^2) / (2 + t) in (0.69, 1], so log sigma = rho + log Q for rho <= 0 with no underflow. */
 static inline softplus_t softplus(vf rho) {
@@ -171,9 +172,9 @@ static inline round_keys_t make_round_keys(uint32_t key0, uint32_t key1) {
 #if W == 16
 /* h_a and h_b of the 16 pairs of block t: blocks (j, t, 0, 0), j = 0..3 and 4..7, four to a register. */
 static inline void pair_bits(int64_t t, const round_keys_t *rk, vu *ha, vu *hb) {
-    __m512i x = _mm512_add_epi32(_mm512_set4_epi32(0, 0, (int)t, 0), _mm512_setr_epi32(0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0,
-                                                                                      0, 3, 0, 0, 0));
-    __m512i y = _mm512_add_epi32(x, _mm512_set4_epi32(0, 0, 0, 4));
+    const __m512i j = _mm512_setr_epi32(0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0); /* word 0 of each lane */
+    __m512i x = _mm512_add_epi32(_mm512_set4_epi32(0, 0, (int)t, 0), j);           /* blocks 0..3 */
+    __m512i y = _mm512_add_epi32(x, _mm512_set4_epi32(0, 0, 0, 4));                /* blocks 4..7 */
     __m512i k = _mm512_broadcast_i32x4(rk->k[0]);
     x = _mm512_xor_si512(x, k);
     y = _mm512_xor_si512(y, k);
@@ -195,10 +196,10 @@ static inline __m128i ars(__m128i x, const round_keys_t *rk) {
 
 /* h_a and h_b of pairs 8 h .. 8 h + 7 of block t: blocks j = 2h, 2h + 1 and 4 + 2h, 5 + 2h. */
 static inline void pair_bits_half(int64_t t, int h, const round_keys_t *rk, vu *ha, vu *hb) {
-    __m128i base = _mm_setr_epi32(2 * h, (int)t, 0, 0), one = _mm_setr_epi32(1, 0, 0, 0), four = _mm_setr_epi32(4, 0,
-                                                                                                                0, 0);
-    __m128i a0 = ars(base, rk), a1 = ars(_mm_add_epi32(base, one), rk);
-    __m128i b0 = ars(_mm_add_epi32(base, four), rk), b1 = ars(_mm_add_epi32(_mm_add_epi32(base, four), one), rk);
+    const __m128i one = _mm_setr_epi32(1, 0, 0, 0), four = _mm_setr_epi32(4, 0, 0, 0);
+    __m128i a = _mm_setr_epi32(2 * h, (int)t, 0, 0), b = _mm_add_epi32(a, four);
+    __m128i a0 = ars(a, rk), a1 = ars(_mm_add_epi32(a, one), rk);
+    __m128i b0 = ars(b, rk), b1 = ars(_mm_add_epi32(b, one), rk);
     *ha = (vu)_mm256_set_m128i(a1, a0);
     *hb = (vu)_mm256_set_m128i(b1, b0);
 }
@@ -325,16 +326,16 @@ static void forward_segment(const float *mu, const float *rho, float *out, float
     sums[2] += dm;
 }
 
-/* The forward pass over one or two parameter tensors (a layer's weight and bias: n2 = 0 for none) that share the
-   noise stream of (key0, key1): the second starts at the first 32-element block after the first's.
+/* The forward pass over one or two parameter tensors (a layer's weight and bias: n2 = 0 for none), each with the
+   noise stream of its own key, exactly as two calls with one tensor each would draw them.
    sums[0] = sum log sigma, sums[1] = sum sigma^2, sums[2] = sum (mu - loc_p)^2 over both. eps may be NULL. */
-void posterior_forward(const float *mu, const float *rho, float *out, float *eps, int64_t n, const float *mu2,
-                       const float *rho2, float *out2, float *eps2, int64_t n2, uint32_t key0, uint32_t key1, int kind,
-                       float loc_p, double *sums) {
-    const round_keys_t rk = make_round_keys(key0, key1);
+void posterior_forward(const float *mu, const float *rho, float *out, float *eps, int64_t n, uint32_t key0,
+                       uint32_t key1, const float *mu2, const float *rho2, float *out2, float *eps2, int64_t n2,
+                       uint32_t key2_0, uint32_t key2_1, int kind, float loc_p, double *sums) {
+    const round_keys_t rk = make_round_keys(key0, key1), rk2 = make_round_keys(key2_0, key2_1);
     sums[0] = sums[1] = sums[2] = 0.0;
     forward_segment(mu, rho, out, eps, n, 0, &rk, kind, loc_p, sums);
-    if (n2 > 0) forward_segment(mu2, rho2, out2, eps2, n2, (n + 31) / 32, &rk, kind, loc_p, sums);
+    if (n2 > 0) forward_segment(mu2, rho2, out2, eps2, n2, 0, &rk2, kind, loc_p, sums);
 }
 
 /* ---- the backward pass (see the header); grad_out may be NULL (only the KL was used) ------------------------- */
@@ -394,14 +395,14 @@ static void backward_segment(const float *grad_out, const float *mu, const float
 
 /* The backward pass of posterior_forward, segment by segment (grad_out2 may be NULL on its own). */
 void posterior_backward(const float *grad_out, const float *mu, const float *rho, const float *eps, float *grad_mu,
-                        float *grad_rho, int64_t n, const float *grad_out2, const float *mu2, const float *rho2,
-                        const float *eps2, float *grad_mu2, float *grad_rho2, int64_t n2, uint32_t key0, uint32_t key1,
-                        int kind, float loc_p, float grad_kl, float inv_var) {
-    const round_keys_t rk = make_round_keys(key0, key1);
+                        float *grad_rho, int64_t n, uint32_t key0, uint32_t key1, const float *grad_out2,
+                        const float *mu2, const float *rho2, const float *eps2, float *grad_mu2, float *grad_rho2,
+                        int64_t n2, uint32_t key2_0, uint32_t key2_1, int kind, float loc_p, float grad_kl,
+                        float inv_var) {
+    const round_keys_t rk = make_round_keys(key0, key1), rk2 = make_round_keys(key2_0, key2_1);
     backward_segment(grad_out, mu, rho, eps, n, 0, &rk, grad_mu, grad_rho, kind, loc_p, grad_kl, inv_var);
     if (n2 > 0)
-        backward_segment(grad_out2, mu2, rho2, eps2, n2, (n + 31) / 32, &rk, grad_mu2, grad_rho2, kind, loc_p, grad_kl,
-                         inv_var);
+        backward_segment(grad_out2, mu2, rho2, eps2, n2, 0, &rk2, grad_mu2, grad_rho2, kind, loc_p, grad_kl, inv_var);
 }
 
 /* ---- the noise stream alone (for tests, and for users who want the same eps): out_i = eps_(32 block0 + i) ---- */
