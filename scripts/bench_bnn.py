@@ -8,7 +8,8 @@ in rounds, in the same process, and the median ms/step per model is reported wit
     flock /tmp/reparam_bench.lock python scripts/bench_bnn.py --accuracy --data-dir ../shared/data/mnist
 
 ``--accuracy`` also trains every model on the same data (MNIST 8k/2k split with --data-dir, else the
-embedded digits) for the same epochs, batch size and learning rate, and reports test error and NLL.
+embedded digits) for the same epochs, batch size and learning rate, and reports test error, NLL and ECE
+(``--seeds N``: mean +- standard error over N seeds).
 Every model uses torch's fused Adam (lr 1e-3). Each peer is used as its own documentation says
 (bayesian-torch: loss = CE + kl / batch_size with its get_kl_loss; blitz: sample_elbo with
 complexity_cost_weight = 1 / N); ours: bnn.elbo_loss (CE + KL / N).
@@ -18,6 +19,7 @@ Install the peers with ``pip install --no-deps bayesian-torch blitz-bayesian-pyt
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -146,7 +148,10 @@ def time_steps(models: list[Model], args) -> dict[str, float]:
     return {name: statistics.median(v) for name, v in per_model.items()}
 
 
-def accuracy_comparison(models: list[Model], args) -> dict[str, dict[str, float]]:
+def accuracy_comparison(args) -> dict[str, dict[str, float]]:
+    """Train every model on the same data, epochs, batch size and learning rate, once per seed (the seed sets the
+    initialisation, the batch order and the noise); report each model's mean test error, NLL and ECE with their
+    standard errors over the seeds."""
     data = load_images("mnist" if args.data_dir else "digits", args.data_dir, seed=0)
     x_tr, y_tr = data.x_train.reshape(len(data.x_train), -1), data.y_train
     x_te, y_te = data.x_test.reshape(len(data.x_test), -1), data.y_test
@@ -154,27 +159,43 @@ def accuracy_comparison(models: list[Model], args) -> dict[str, dict[str, float]
         pad = lambda t: F.pad(t.reshape(-1, 8, 8), (10, 10, 10, 10)).reshape(len(t), -1)  # noqa: E731
         x_tr, x_te = pad(x_tr), pad(x_te)
     n = len(x_tr)
-    results = {}
+    runs: dict[str, list[dict[str, float]]] = {}
     print(f"accuracy: {data.name}, {n} train / {len(x_te)} test, {args.epochs} epochs, batch {args.batch_size}, "
-          f"Adam lr 1e-3, {args.test_samples} test samples")
-    for model in models:
-        seed_everything(0)
-        start = time.perf_counter()
-        for _ in range(args.epochs):
-            model.net.train()
-            for idx in torch.randperm(n).split(args.batch_size):
-                model.step(x_tr[idx], y_tr[idx], n)
-        seconds = time.perf_counter() - start
-        model.net.eval()
-        with torch.no_grad():
-            samples = 1 if model.name == "plain MLP" else args.test_samples
-            probs = torch.stack([model.net(x_te).float().softmax(-1) for _ in range(samples)]).mean(0)
-        results[model.name] = {"error": 1 - bnn.accuracy(probs, y_te), "nll": bnn.categorical_nll(probs, y_te),
-                               "ece": bnn.expected_calibration_error(probs, y_te), "train_s": seconds}
-        r = results[model.name]
-        print(f"  {model.name:34s} error {r['error']:.4f}  NLL {r['nll']:.4f}  ECE {r['ece']:.4f}  "
-              f"({seconds:.1f} s)", flush=True)
-    return results
+          f"Adam lr 1e-3, {args.test_samples} test samples, seeds 0..{args.seeds - 1}")
+    for seed in range(args.seeds):
+        seed_everything(seed)
+        for model in build_models(args):
+            seed_everything(seed)
+            start = time.perf_counter()
+            for _ in range(args.epochs):
+                model.net.train()
+                for idx in torch.randperm(n).split(args.batch_size):
+                    model.step(x_tr[idx], y_tr[idx], n)
+            seconds = time.perf_counter() - start
+            model.net.eval()
+            with torch.no_grad():
+                samples = 1 if model.name == "plain MLP" else args.test_samples
+                probs = torch.stack([model.net(x_te).float().softmax(-1) for _ in range(samples)]).mean(0)
+            r = {"error": 1 - bnn.accuracy(probs, y_te), "nll": bnn.categorical_nll(probs, y_te),
+                 "ece": bnn.expected_calibration_error(probs, y_te), "train_s": seconds}
+            runs.setdefault(model.name, []).append(r)
+            print(f"  seed {seed} {model.name:34s} error {r['error']:.4f}  NLL {r['nll']:.4f}  ECE {r['ece']:.4f}  "
+                  f"({seconds:.1f} s)", flush=True)
+    summary = {}
+    print("| model | test error | NLL | ECE | train s |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, rs in runs.items():
+        summary[name] = {}
+        cells = []
+        for key, scale, fmt in (("error", 100, ".2f"), ("nll", 1, ".3f"), ("ece", 1, ".3f"), ("train_s", 1, ".1f")):
+            values = [r[key] * scale for r in rs]
+            mean = statistics.mean(values)
+            se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+            summary[name][key], summary[name][key + "_se"] = mean / scale, se / scale
+            unit = "%" if key == "error" else ""
+            cells.append(f"{mean:{fmt}}{unit}" + (f" +- {se:{fmt}}" if len(values) > 1 else ""))
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    return summary
 
 
 def main() -> int:
@@ -193,8 +214,10 @@ def main() -> int:
     p.add_argument("--data-dir", default=None, help="MNIST IDX folder for --accuracy (default: embedded digits)")
     p.add_argument("--epochs", type=int, default=10, help="--accuracy training epochs (default 10)")
     p.add_argument("--test-samples", type=int, default=16, help="--accuracy MC samples at test (default 16)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="--accuracy: train every model with seeds 0..N-1 and report mean +- standard error (default 1)")
     args = p.parse_args()
-    for name in ("threads", "batch_size", "steps", "rounds", "epochs", "test_samples"):
+    for name in ("threads", "batch_size", "steps", "rounds", "epochs", "test_samples", "seeds"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     set_threads(args.threads)
@@ -205,8 +228,7 @@ def main() -> int:
     if not args.no_timing:
         print_timing(time_steps(models, args))
     if args.accuracy:
-        seed_everything(0)
-        accuracy_comparison(build_models(args), args)
+        accuracy_comparison(args)
     return 0
 
 

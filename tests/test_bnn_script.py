@@ -88,3 +88,17 @@ def test_help_documents_every_flag_with_its_default(train_bnn):
         if action.option_strings and action.dest != "help":
             assert action.help and ("default" in action.help), action.dest
     assert "toy" in text and "classify" in text
+
+
+def test_benchmark_script_smoke_runs_timing_and_a_two_seed_accuracy_table():
+    """scripts/bench_bnn.py end to end on the embedded digits, a few steps (timings are not asserted: speed claims
+    live in the benchmark's own output), and a non-positive flag is refused with one line."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_bnn.py"), "--threads", "1", "--rounds", "1", "--steps", "2",
+           "--no-peers", "--accuracy", "--epochs", "1", "--seeds", "2", "--test-samples", "2"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    for row in ("| plain MLP | ", "| ours reparam | ", "| ours local | ", "| ours flipout | "):
+        assert res.stdout.count(row) == 2, row  # the timing table and the accuracy table
+    assert "seed 1 ours reparam" in res.stdout and "+-" in res.stdout
+    bad = subprocess.run(cmd[:2] + ["--seeds", "0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--seeds must be positive" in bad.stderr and "Traceback" not in bad.stderr
