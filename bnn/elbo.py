@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from .layers import kl_divergence
@@ -66,14 +65,14 @@ def elbo_loss(model: nn.Module, likelihood: Likelihood, x: Tensor, y: Tensor, n_
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
     if not (kl_weight >= 0 and math.isfinite(kl_weight)):
         raise ValueError(f"kl_weight must be a non-negative number, got {kl_weight}")
-    nll_total: Tensor | float = 0.0
-    kl_total: Tensor | float = 0.0
+    nll: Tensor | None = None
+    kl: Tensor | None = None
     for _ in range(n_samples):
         output = model(x)
-        nll_total = nll_total + likelihood.nll(output, y).mean()  # mean over the batch: estimates (1/N) sum_n
-        kl_total = kl_total + kl_divergence(model)  # KL of the sample just used
-    nll = nll_total / n_samples
-    kl = kl_total / n_samples
-    loss = nll + kl_weight * kl / n_data  # per-example negative ELBO
-    return ELBOTerms(loss=loss, nll=nll.detach() if isinstance(nll, Tensor) else torch.tensor(nll),
-                     kl=kl.detach(), kl_weight=float(kl_weight), n_data=n_data)
+        nll_s = likelihood.nll(output, y).mean()  # mean over the batch: estimates (1/N) sum_n
+        kl_s = kl_divergence(model)  # KL of the sample just used
+        nll, kl = (nll_s, kl_s) if nll is None else (nll + nll_s, kl + kl_s)
+    if n_samples > 1:  # no graph nodes for a division by 1: a hot path
+        nll, kl = nll / n_samples, kl / n_samples
+    loss = nll + kl * (kl_weight / n_data)  # per-example negative ELBO
+    return ELBOTerms(loss=loss, nll=nll.detach(), kl=kl.detach(), kl_weight=float(kl_weight), n_data=n_data)
