@@ -155,8 +155,10 @@ class _BayesLinearSample(torch.autograd.Function):
         b, eps_b = b_mu, None
         if b_rho is not None:
             b, eps_b = torch.empty_like(b_mu), torch.empty_like(b_mu)
-        key_w = native.new_key()
-        second, key_b = (None, None) if b_rho is None else ((b_mu, b_rho, b, eps_b), native.new_key())
+        if b_rho is None:
+            second, (key_w,), key_b = None, native.new_keys(1), None
+        else:
+            second, (key_w, key_b) = (b_mu, b_rho, b, eps_b), native.new_keys(2)
         sums = native.posterior_forward(w_mu, w_rho, w, eps_w, _WEIGHT, loc_p, key_w, second, key_b)
         kl = native.gaussian_kl(w_mu.numel() + (0 if b_rho is None else b_mu.numel()), sums, scale_p)
         y = F.linear(x, w, b)  # (*, in) -> (*, out)

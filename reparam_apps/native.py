@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["available", "unavailable_reason", "simd_width", "usable_for", "new_key", "standard_normal",
+__all__ = ["available", "unavailable_reason", "simd_width", "usable_for", "new_key", "new_keys", "standard_normal",
            "gaussian_posterior", "posterior_forward", "posterior_backward", "gaussian_kl", "Workspace", "WORKSPACE",
            "KINDS"]
 
@@ -180,6 +180,12 @@ def new_key() -> tuple[int, int]:
     """Two 32-bit words from torch's default generator: the key of one noise stream."""
     k0, k1 = torch.empty(2, dtype=torch.int64).random_(0, 2**32).tolist()
     return k0, k1
+
+
+def new_keys(count: int) -> list[tuple[int, int]]:
+    """``count`` keys from one draw: the same keys as ``count`` calls of ``new_key``, in order."""
+    words = torch.empty(2 * count, dtype=torch.int64).random_(0, 2**32).tolist()
+    return list(zip(words[::2], words[1::2], strict=True))
 
 
 def _words(key: tuple[int, int]) -> tuple[int, int]:

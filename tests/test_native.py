@@ -135,9 +135,11 @@ def test_noise_is_deterministic_per_key_and_drawn_from_torch_seed():
     # A prefix of a stream is the stream of a shorter tensor (counter-based, tail blocks included).
     torch.testing.assert_close(native.standard_normal((37,), key=(7, 8)), a[:37], rtol=0, atol=0)
     torch.manual_seed(0)
-    k1 = native.new_key()
+    k1, k2 = native.new_key(), native.new_key()
     torch.manual_seed(0)
     assert native.new_key() == k1
+    torch.manual_seed(0)
+    assert native.new_keys(2) == [k1, k2]  # one draw, the same keys
 
 
 def _reference(mu, rho, eps, kind, loc_p, scale_p):
