@@ -1,8 +1,11 @@
 """Bayes-by-Backprop layers: ``BayesLinear`` and ``BayesConv2d`` (Blundell et al. 2015).
 
 Each weight has a factorised Gaussian posterior q(w) = N(mu, sigma^2), sigma = softplus(rho).
-All noise comes from the core's ``reparam_apps.Normal`` (``sample_noise`` / ``transform`` /
-``rsample``); KL terms use ``reparam_apps.kl_normal_normal``.
+All noise comes from the core: its native posterior kernel (``reparam_apps.native``: noise, transform and
+closed-form KL sums in one pass) for float32 CPU tensors, ``reparam_apps.Normal`` (``sample_noise`` /
+``transform`` / ``rsample``) otherwise; KL terms use ``reparam_apps.kl_normal_normal``. In training, a
+``BayesLinear`` in reparam mode with a Gaussian prior is one autograd node (sample, linear map and KL);
+it gives the same numbers as the per-tensor path.
 
 Sampling modes (``layer.sampling``, or :func:`set_sampling` for a whole model):
 
@@ -140,24 +143,22 @@ def _gaussian_posterior(mu: Tensor, rho: Tensor, kind: int, loc_p: float, scale_
 
 
 class _BayesLinearSample(torch.autograd.Function):
-    """``BayesLinear`` in reparam mode with a Gaussian prior as one node: w = mu + sigma eps and b likewise (the
-    core's native kernel draws the noise, transforms it and sums the KL terms in one pass, with a key for the weight
-    and then one for the bias, as the per-tensor path draws them: both give the same numbers), y = x w^T + b, and
-    the closed-form KL. The weight sample and its noise never leave
-    the node, so their buffers (and the backward pass's dL/dw) come from the core's workspace and are reused
-    every step. Backward: dL/dx = g w, dL/dw = g^T x, then the kernel maps dL/dw, dL/db and dL/dKL to (mu, rho)."""
+    """``BayesLinear`` in reparam mode with a Gaussian prior as one node: w = mu + sigma eps and b likewise, y =
+    x w^T + b, and the closed-form KL. The core's native kernel draws the noise, transforms it and sums the KL terms
+    in one pass, with a key for the weight and then one for the bias, as the per-tensor path draws them: both
+    paths give the same numbers. The weight sample and its noise never leave the node, so their buffers (and the
+    backward pass's dL/dw) come from the core's workspace and are reused every step.
+    Backward: dL/dx = g w, dL/dw = g^T x, then the kernel maps dL/dw, dL/db and dL/dKL to (mu, rho)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, w_mu: Tensor, w_rho: Tensor, b_mu: Tensor | None, b_rho: Tensor | None,
                 loc_p: float, scale_p: float):
         ws = native.WORKSPACE
         w, eps_w = ws.take(w_mu.shape), ws.take(w_mu.shape)  # w = mu + sigma eps: (out, in)
-        b, eps_b = b_mu, None
-        if b_rho is not None:
-            b, eps_b = torch.empty_like(b_mu), torch.empty_like(b_mu)
-        if b_rho is None:
-            second, (key_w,), key_b = None, native.new_keys(1), None
+        if b_rho is None:  # point-estimate bias (b = b_mu) or none
+            b, eps_b, second, (key_w,), key_b = b_mu, None, None, native.new_keys(1), None
         else:
+            b, eps_b = torch.empty_like(b_mu), torch.empty_like(b_mu)
             second, (key_w, key_b) = (b_mu, b_rho, b, eps_b), native.new_keys(2)
         sums = native.posterior_forward(w_mu, w_rho, w, eps_w, _WEIGHT, loc_p, key_w, second, key_b)
         kl = native.gaussian_kl(w_mu.numel() + (0 if b_rho is None else b_mu.numel()), sums, scale_p)

@@ -8,13 +8,14 @@ For a parameter tensor pair (mu, rho) it computes, in one pass,
     KL(N(mu, sigma^2) || N(loc_p, s^2)) = n (log s - 1/2) - sum log sigma + (|sigma|^2 + |mu - loc_p|^2) / (2 s^2)
 
 keeping eps for the backward pass. The noise is counter-based (``standard_normal(shape, key)`` gives the
-same stream): element i is a pure function of (i, key): 24-bit uniforms from 7 AES rounds over counter
-blocks (the ARS construction of Random123), turned into normals by Box-Muller, like torch's CPU ``normal_``.
-The key is drawn from torch's default generator, so ``torch.manual_seed`` makes runs repeatable.
+same stream): element i is a pure function of (i, key): bits from 7 AES rounds over counter blocks (the ARS
+construction of Random123), turned into normals by Box-Muller from a 23-bit radius uniform and a 24-bit angle
+(the C header defines the stream exactly). The key is drawn from torch's default generator, so
+``torch.manual_seed`` makes runs repeatable.
 
 Why: on CPU, torch's Mersenne-Twister ``randn`` costs 3-4 ns per number here, more than the whole rest of a
-Bayesian layer's elementwise work; the kernel draws, transforms and reduces at about 0.8 ns per weight on
-2 threads (``scripts/bench_bnn.py`` has the whole training step).
+Bayesian layer's elementwise work; this kernel draws, transforms and reduces in about 0.8 ns per weight on
+2 threads of an AVX-512 machine (``scripts/bench_bnn.py`` times the whole training step).
 
 Two entry points: ``gaussian_posterior`` is the autograd op on one parameter tensor; ``posterior_forward`` /
 ``posterior_backward`` are the same passes on caller-owned buffers, for fused layers that keep the noise and
