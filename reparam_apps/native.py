@@ -13,9 +13,10 @@ construction of Random123), turned into normals by Box-Muller from a 23-bit radi
 (the C header defines the stream exactly). The key is drawn from torch's default generator, so
 ``torch.manual_seed`` makes runs repeatable.
 
-Why: on CPU, torch's Mersenne-Twister ``randn`` costs 3-4 ns per number here, more than the whole rest of a
-Bayesian layer's elementwise work; this kernel draws, transforms and reduces in about 0.8 ns per weight on
-2 threads of an AVX-512 machine (``scripts/bench_bnn.py`` times the whole training step).
+Why: on CPU, torch's Mersenne-Twister ``randn`` costs about 4 ns per number here, more than the whole rest of a
+Bayesian layer's elementwise work; this kernel draws the noise in about 0.6 ns per number and draws, transforms
+and reduces in about 1 ns per weight, on 2 threads of an AVX-512 machine (``scripts/bench_bnn.py`` times the
+whole training step).
 
 Two entry points: ``gaussian_posterior`` is the autograd op on one parameter tensor; ``posterior_forward`` /
 ``posterior_backward`` are the same passes on caller-owned buffers, for fused layers that keep the noise and
