@@ -133,6 +133,14 @@ def _standard_noise(shape: torch.Size | tuple, like: Tensor) -> Tensor:
 _NATIVE_KINDS = {_WEIGHT: "sample", _DELTA: "perturbation", _VARIANCE: "variance"}
 
 
+def _cpu_autocast() -> bool:
+    """CPU autocast is on (torch >= 2.4 takes the device type; older releases have a CPU-specific call)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:
+        return torch.is_autocast_cpu_enabled()
+
+
 def _gaussian_posterior(mu: Tensor, rho: Tensor, kind: int, loc_p: float, scale_p: float) -> tuple[Tensor, Tensor]:
     """(layer input, closed-form KL) for one parameter tensor: the core's native kernel when it can serve the
     tensors (noise drawn, transformed and reduced in one pass), else the eager fused node."""
@@ -426,7 +434,7 @@ class BayesLinear(BayesLayer):
 
     def _fused_sample_forward(self, x: Tensor, loc_p: float, scale_p: float) -> tuple[Tensor, Tensor] | None:
         w_mu, w_rho, b_mu, b_rho = self.weight_mu, self.weight_rho, self.bias_mu, self.bias_rho
-        if x.dtype != torch.float32 or not x.is_cpu or torch.is_autocast_enabled("cpu"):
+        if x.dtype != torch.float32 or not x.is_cpu or _cpu_autocast():
             return None
         if not native.usable_for(w_mu, w_rho, *(t for t in (b_mu, b_rho) if t is not None)):
             return None
