@@ -5,7 +5,8 @@ All noise comes from the core: its native posterior kernel (``reparam_apps.nativ
 closed-form KL sums in one pass) for float32 CPU tensors, ``reparam_apps.Normal`` (``sample_noise`` /
 ``transform`` / ``rsample``) otherwise; KL terms use ``reparam_apps.kl_normal_normal``. In training, a
 ``BayesLinear`` in reparam mode with a Gaussian prior is one autograd node (sample, linear map and KL);
-it gives the same numbers as the per-tensor path.
+it draws the same noise as the per-tensor path, so samples, outputs and gradients are the same bit for bit
+(the KL value to float32 rounding).
 
 Sampling modes (``layer.sampling``, or :func:`set_sampling` for a whole model):
 
@@ -154,8 +155,8 @@ class _BayesLinearSample(torch.autograd.Function):
     """``BayesLinear`` in reparam mode with a Gaussian prior as one node: w = mu + sigma eps and b likewise, y =
     x w^T + b, and the closed-form KL. The core's native kernel draws the noise, transforms it and sums the KL terms
     in one pass, with a key for the weight and then one for the bias, as the per-tensor path draws them: both
-    paths give the same numbers. The weight sample and its noise never leave the node, so their buffers (and the
-    backward pass's dL/dw) come from the core's workspace and are reused every step.
+    paths give the same samples, outputs and gradients. The weight sample and its noise never leave the node, so
+    their buffers (and the backward pass's dL/dw) come from the core's workspace and are reused every step.
     Backward: dL/dx = g w, dL/dw = g^T x, then the kernel maps dL/dw, dL/db and dL/dKL to (mu, rho)."""
 
     @staticmethod

@@ -8,8 +8,8 @@ For a parameter tensor pair (mu, rho) it computes, in one pass,
     KL(N(mu, sigma^2) || N(loc_p, s^2)) = n (log s - 1/2) - sum log sigma + (|sigma|^2 + |mu - loc_p|^2) / (2 s^2)
 
 keeping eps for the backward pass. The noise is counter-based (``standard_normal(shape, key)`` gives the
-same stream): element i is a pure function of (i, key): bits from 7 AES rounds over counter blocks (the ARS
-construction of Random123), turned into normals by Box-Muller from a 23-bit radius uniform and a 24-bit angle
+same stream): element i is a pure function of (i, key): bits from 7 AES rounds over counter blocks (a variant
+of Random123's ARS), turned into normals by Box-Muller from a 23-bit radius uniform and a 24-bit angle
 (the C header defines the stream exactly). The key is drawn from torch's default generator, so
 ``torch.manual_seed`` makes runs repeatable.
 
@@ -127,7 +127,11 @@ def _load() -> ctypes.CDLL | None:
         return None
     build = _choose_build()
     if build is None:
-        _reason = (f"needs a CPU with AVX2, FMA and AES-NI (torch reports {torch.backends.cpu.get_cpu_capability()})")
+        isa = torch.backends.cpu.get_cpu_capability()
+        missing = sorted(_BUILDS["avx2"][1] - _cpu_flags())
+        _reason = (f"needs AVX2, FMA and AES-NI: torch dispatches to {isa} (ATEN_CPU_CAPABILITY can lower it)"
+                   if isa not in ("AVX2", "AVX512") else
+                   f"needs AVX2, FMA and AES-NI: /proc/cpuinfo lacks {', '.join(missing) or 'its flags line'}")
         return None
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if compiler is None:
@@ -230,32 +234,45 @@ class _Recycle:
 class Workspace:
     """Recycled float32 buffers for tensors that only one autograd node holds (the noise, a fused layer's weight
     sample): ``take`` one, and ``recycle_with(node_ctx, ...)`` hands the buffers back when that node is freed, so a
-    training loop reuses the same pages every step instead of faulting in fresh ones (about 0.3 ms per step for a
-    784-400-400-10 network). A buffer still referenced by a live graph is never handed out again."""
+    training loop reuses the same pages every step instead of faulting in fresh ones (several hundred 4 KiB pages
+    per step for a 784-400-400-10 network). A buffer still referenced by a live graph is never handed out again.
+    The pool keeps at most ``max_free`` buffers of a shape and ``max_bytes`` in all; ``clear()`` empties it
+    (e.g. after a hyperparameter sweep over layer sizes)."""
 
-    def __init__(self, min_numel: int = 16384, max_free: int = 4):
-        self.min_numel, self.max_free = min_numel, max_free
+    def __init__(self, min_numel: int = 16384, max_free: int = 4, max_bytes: int = 256 * 2**20):
+        self.min_numel, self.max_free, self.max_bytes = min_numel, max_free, max_bytes
         self._free: dict[tuple[int, ...], list[Tensor]] = {}
+        self._bytes = 0  # held in the free lists
 
     def take(self, shape: torch.Size | tuple[int, ...]) -> Tensor:
         """An uninitialised float32 CPU tensor of ``shape``: a recycled one when there is one."""
         free = self._free.get(tuple(shape))
-        return free.pop() if free else torch.empty(shape, dtype=torch.float32)
+        if free:
+            try:
+                t = free.pop()
+                self._bytes -= 4 * t.numel()
+                return t
+            except IndexError:  # another thread took the last one
+                pass
+        return torch.empty(shape, dtype=torch.float32)
 
     def give_back(self, *tensors: Tensor) -> None:
         """Return buffers that nothing else references any more."""
         for t in tensors:
-            if t.numel() >= self.min_numel:
+            if t.numel() >= self.min_numel and self._bytes + 4 * t.numel() <= self.max_bytes:
                 free = self._free.setdefault(tuple(t.shape), [])
                 if len(free) < self.max_free:
                     free.append(t)
+                    self._bytes += 4 * t.numel()
 
     def recycle_with(self, ctx: object, *tensors: Tensor | None) -> None:
         """Return ``tensors`` to the pool once the autograd ``ctx`` holding them (a graph node) is freed."""
         ctx._recycle = _Recycle(self, tuple(t for t in tensors if t is not None))
 
     def clear(self) -> None:
+        """Drop every pooled buffer (buffers held by live graphs are not affected)."""
         self._free.clear()
+        self._bytes = 0
 
 
 WORKSPACE = Workspace()
@@ -273,6 +290,8 @@ def posterior_forward(mu: Tensor, rho: Tensor, out: Tensor, eps: Tensor | None, 
     keep it). ``second`` = (mu2, rho2, out2, eps2) is a second tensor (a layer's bias) with the stream of
     ``second_key``, done in the same call; the numbers are those of two separate calls. Returns
     (sum log sigma, sum sigma^2, sum (mu - prior_loc)^2) over both, for ``gaussian_kl``."""
+    if second is not None and second_key is None:
+        raise ValueError("posterior_forward needs second_key for the second tensor's noise stream")
     lib = _lib if _lib is not None else _require()
     sums = (ctypes.c_double * 3)()
     k0, k1 = _words(key)

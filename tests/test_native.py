@@ -295,3 +295,16 @@ def test_workspace_hands_a_buffer_out_again_only_after_its_node_is_freed():
     assert again.data_ptr() == ptr and again.shape == (8, 8)
     ws.give_back(ws.take((2, 2)))  # below min_numel: not worth pooling
     assert (2, 2) not in ws._free
+
+
+def test_nan_in_rho_propagates_to_the_sample_and_its_gradients():
+    """A NaN parameter must not be hidden (softplus's exp clamps its argument: the clamp keeps NaN)."""
+    mu = torch.zeros(40, requires_grad=True)
+    rho = torch.full((40,), -5.0)
+    rho[3], rho[30] = float("nan"), float("nan")
+    rho.requires_grad_()
+    for kind in native.KINDS:
+        out, kl = native.gaussian_posterior(mu, rho, kind, key=(1, 2))
+        assert torch.isnan(out[[3, 30]]).all() and torch.isfinite(out[:3]).all() and torch.isnan(kl), kind
+        (g_rho,) = torch.autograd.grad(out.sum(), rho)
+        assert torch.isnan(g_rho[[3, 30]]).all() and torch.isfinite(g_rho[:3]).all(), kind

@@ -12,10 +12,11 @@
 
    The noise is counter-based: eps_i is a pure function of (i, key0, key1), so any thread can draw any block and
    the stream depends neither on the thread count nor on W. The bits come from AES rounds used as a keyed mixing
-   function (the ARS construction of Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3"): the
+   function, in the style of ARS (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3"): the
    128-bit block (j, t, 0, 0) (32-bit words) is whitened with the round key k_0 = (key0, key1, C0, C1), then goes
-   through 6 aesenc rounds and one aesenclast with the keys k_r = k_0 + r (W0, W1, W2, W3) (word-wise adds of
-   Weyl constants): 7 rounds, two more than ARS-5, which passes TestU01's BigCrush. Elements 32 t .. 32 t + 31 use
+   through 6 aesenc rounds and one aesenclast with the keys k_r = k_0 + r (W0, W1, W2, W3) (word-wise 32-bit adds
+   of Weyl constants; Random123's ARS adds two 64-bit constants instead, so this is a variant of it, not ARS
+   itself): 7 rounds, two more than ARS-5, which passes TestU01's BigCrush. Elements 32 t .. 32 t + 31 use
    the 8 blocks j = 0..7 of t: pair p = 0..15 takes word p (block p / 4, word p % 4) of blocks 0..3 as h_a and of
    blocks 4..7 as h_b; element 32 t + 16 (p / 8) + (p % 8) gets r cos(phi) and element 32 t + 16 (p / 8) + 8 +
    (p % 8) gets r sin(phi) (Box-Muller), with r = sqrt(-2 log u), u = (h_a / 2^9 + 1/2) 2^-23 in (0, 1), and phi
@@ -52,7 +53,7 @@ static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
 static inline vf splat(float x) { return (vf){0} + x; }
 static inline vf to_float(vi x) { return __builtin_convertvector(x, vf); }
 static inline vf where(vi mask, vf yes, vf no) { return (vf)((mask & (vi)yes) | (~mask & (vi)no)); }
-static inline vf vmax(vf a, vf b) { return where(a > b, a, b); }
+static inline vf vmax(vf a, vf b) { return where(a < b, b, a); } /* a NaN in a stays NaN */
 static inline vf vabs(vf x) { return (vf)((vi)x & 0x7fffffff); }
 
 #if W == 16
@@ -67,7 +68,7 @@ static inline int any(vi mask) { return _mm256_movemask_ps((__m256)mask) != 0; }
 #define LN2_HI 0.693145751953125f /* ln 2 = LN2_HI + LN2_LO, LN2_HI with 16 bits: n LN2_HI is exact for |n| < 256 */
 #define LN2_LO 1.42860682030941723212e-6f
 
-/* e^x for x <= 0: x = n ln2 + f, |f| <= ln2 / 2, e^f by Taylor to f^7 (truncation < |f|^8 / 8! < 6e-9, relative).
+/* e^x for x <= 0: x = n ln2 + f, |f| <= ln2 / 2, e^f by Taylor to f^8 (truncation < |f|^9 / 9! < 3e-10, relative).
    x is clamped at -87 (e^-87 = 1.6e-38, just above the smallest normal float), so the result is never subnormal:
    sigma = softplus(rho) is floored at 1.6e-38 (rho < -87 acts as -87 there; its log keeps rho). */
 static inline vf exp_nonpositive(vf x) {
@@ -374,7 +375,8 @@ static void backward_segment(const float *grad_out, const float *mu, const float
     }
     int rem = (int)(n - STEP * full);
     if (rem) {
-        float g[STEP] = {0}, m[STEP] = {0}, r[STEP] = {0}, e[STEP] = {0}, gm[STEP], gr[STEP];
+        float g[STEP] = {0}, m[STEP] = {0}, r[STEP], e[STEP] = {0}, gm[STEP], gr[STEP];
+        for (int j = 0; j < STEP; j++) r[j] = -10.0f; /* padding on the fast path, as in the forward pass */
         int64_t i = STEP * full;
         if (grad_out) memcpy(g, grad_out + i, rem * sizeof(float));
         if (eps) memcpy(e, eps + i, rem * sizeof(float));
