@@ -59,7 +59,7 @@ _BUILDS = {
                ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma", "-maes", "-mvaes"]),
     "avx2": ("AVX2", {"avx2", "fma", "aes"}, ["-mavx2", "-mfma", "-maes"]),
 }
-_MAX_NUMEL = 2**32  # element counters are 32-bit
+_MAX_NUMEL = 2**32  # a conservative bound: the stream's block counter is 32-bit
 
 _lib: ctypes.CDLL | None = None
 _reason: str | None = None  # why the kernel is unavailable (None: not tried yet or available)
@@ -234,8 +234,9 @@ class _Recycle:
 class Workspace:
     """Recycled float32 buffers for tensors that only one autograd node holds (the noise, a fused layer's weight
     sample): ``take`` one, and ``recycle_with(node_ctx, ...)`` hands the buffers back when that node is freed, so a
-    training loop reuses the same pages every step instead of faulting in fresh ones (several hundred 4 KiB pages
-    per step for a 784-400-400-10 network). A buffer still referenced by a live graph is never handed out again.
+    training loop reuses the same mapped, cache-warm buffers every step (with the pool off, the 784-400-400-10
+    step of scripts/bench_bnn.py was 8-14% slower). A buffer still referenced by a live graph is never handed out
+    again.
     The pool keeps at most ``max_free`` buffers of a shape and ``max_bytes`` in all; ``clear()`` empties it
     (e.g. after a hyperparameter sweep over layer sizes)."""
 

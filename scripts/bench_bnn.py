@@ -148,7 +148,7 @@ def time_steps(models: list[Model], args) -> dict[str, float]:
     return {name: statistics.median(v) for name, v in per_model.items()}
 
 
-def accuracy_comparison(args) -> dict[str, dict[str, float]]:
+def accuracy_comparison(args) -> None:
     """Train every model on the same data, epochs, batch size and learning rate, once per seed (the seed sets the
     initialisation, the batch order and the noise); report each model's mean test error, NLL and ECE with their
     standard errors over the seeds."""
@@ -181,21 +181,17 @@ def accuracy_comparison(args) -> dict[str, dict[str, float]]:
             runs.setdefault(model.name, []).append(r)
             print(f"  seed {seed} {model.name:34s} error {r['error']:.4f}  NLL {r['nll']:.4f}  ECE {r['ece']:.4f}  "
                   f"({seconds:.1f} s)", flush=True)
-    summary = {}
     print("| model | test error | NLL | ECE | train s |")
     print("| --- | --- | --- | --- | --- |")
     for name, rs in runs.items():
-        summary[name] = {}
         cells = []
         for key, scale, fmt in (("error", 100, ".2f"), ("nll", 1, ".3f"), ("ece", 1, ".3f"), ("train_s", 1, ".1f")):
             values = [r[key] * scale for r in rs]
             mean = statistics.mean(values)
-            se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-            summary[name][key], summary[name][key + "_se"] = mean / scale, se / scale
             unit = "%" if key == "error" else ""
-            cells.append(f"{mean:{fmt}}{unit}" + (f" +- {se:{fmt}}" if len(values) > 1 else ""))
+            se = f" +- {statistics.stdev(values) / math.sqrt(len(values)):{fmt}}" if len(values) > 1 else ""
+            cells.append(f"{mean:{fmt}}{unit}{se}")
         print(f"| {name} | " + " | ".join(cells) + " |")
-    return summary
 
 
 def main() -> int:

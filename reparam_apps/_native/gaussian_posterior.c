@@ -287,10 +287,9 @@ static inline double hsum(vf v) {
     return s;
 }
 
-/* One parameter tensor whose noise starts at stream element 32 block0; adds its KL sums to sums[0..2]. */
-static void forward_segment(const float *mu, const float *rho, float *out, float *eps, int64_t n, int64_t block0,
+/* One parameter tensor, its noise from the start of the stream of rk; adds its KL sums to sums[0..2]. */
+static void forward_segment(const float *mu, const float *rho, float *out, float *eps, int64_t n,
                             const round_keys_t *rk, int kind, float loc_p, double *sums) {
-    const int64_t it0 = block0 * (32 / STEP);
     int64_t full = n / STEP;
     double dl = 0, ds = 0, dm = 0;
 #pragma omp parallel for schedule(static) reduction(+ : dl, ds, dm) if (n >= PAR_MIN)
@@ -299,7 +298,7 @@ static void forward_segment(const float *mu, const float *rho, float *out, float
         int64_t stop = (chunk + 1) * (CHUNK / STEP) < full ? (chunk + 1) * (CHUNK / STEP) : full;
         for (int64_t it = chunk * (CHUNK / STEP); it < stop; it++) {
             int64_t i = it * STEP;
-            forward_step(it0 + it, mu + i, rho + i, out + i, eps ? eps + i : NULL, rk, kind, loc_p, STEP, &acc);
+            forward_step(it, mu + i, rho + i, out + i, eps ? eps + i : NULL, rk, kind, loc_p, STEP, &acc);
         }
         dl += hsum(acc.log_sigma);
         ds += hsum(acc.sigma2);
@@ -315,7 +314,7 @@ static void forward_segment(const float *mu, const float *rho, float *out, float
         memcpy(m, mu + STEP * full, rem * sizeof(float));
         memcpy(r, rho + STEP * full, rem * sizeof(float));
         kl_sums_t acc = {splat(0.0f), splat(0.0f), splat(0.0f)};
-        forward_step(it0 + full, m, r, o, e, rk, kind, loc_p, rem, &acc);
+        forward_step(full, m, r, o, e, rk, kind, loc_p, rem, &acc);
         memcpy(out + STEP * full, o, rem * sizeof(float));
         if (eps) memcpy(eps + STEP * full, e, rem * sizeof(float));
         dl += hsum(acc.log_sigma);
@@ -335,8 +334,8 @@ void posterior_forward(const float *mu, const float *rho, float *out, float *eps
                        uint32_t key2_0, uint32_t key2_1, int kind, float loc_p, double *sums) {
     const round_keys_t rk = make_round_keys(key0, key1), rk2 = make_round_keys(key2_0, key2_1);
     sums[0] = sums[1] = sums[2] = 0.0;
-    forward_segment(mu, rho, out, eps, n, 0, &rk, kind, loc_p, sums);
-    if (n2 > 0) forward_segment(mu2, rho2, out2, eps2, n2, 0, &rk2, kind, loc_p, sums);
+    forward_segment(mu, rho, out, eps, n, &rk, kind, loc_p, sums);
+    if (n2 > 0) forward_segment(mu2, rho2, out2, eps2, n2, &rk2, kind, loc_p, sums);
 }
 
 /* ---- the backward pass (see the header); grad_out may be NULL (only the KL was used) ------------------------- */
@@ -352,9 +351,8 @@ static inline void backward_w(const float *grad_out, const float *mu, const floa
 
 /* eps NULL with kind != 2: the noise is drawn again from the key, as the forward pass drew it. */
 static void backward_segment(const float *grad_out, const float *mu, const float *rho, const float *eps, int64_t n,
-                             int64_t block0, const round_keys_t *rk, float *grad_mu, float *grad_rho, int kind,
-                             float loc_p, float grad_kl, float inv_var) {
-    const int64_t it0 = block0 * (32 / STEP);
+                             const round_keys_t *rk, float *grad_mu, float *grad_rho, int kind, float loc_p,
+                             float grad_kl, float inv_var) {
     const int regenerate = kind != 2 && eps == NULL;
     int64_t full = n / STEP;
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
@@ -364,7 +362,7 @@ static void backward_segment(const float *grad_out, const float *mu, const float
         const float *e = eps ? eps + i : NULL;
         if (regenerate) {
             vf lo, hi;
-            gauss(it0 + it, rk, &lo, &hi);
+            gauss(it, rk, &lo, &hi);
             store(z, lo);
             store(z + W, hi);
             e = z;
@@ -382,7 +380,7 @@ static void backward_segment(const float *grad_out, const float *mu, const float
         if (eps) memcpy(e, eps + i, rem * sizeof(float));
         if (regenerate) {
             vf lo, hi;
-            gauss(it0 + full, rk, &lo, &hi);
+            gauss(full, rk, &lo, &hi);
             store(e, lo);
             store(e + W, hi);
         }
@@ -402,9 +400,9 @@ void posterior_backward(const float *grad_out, const float *mu, const float *rho
                         int64_t n2, uint32_t key2_0, uint32_t key2_1, int kind, float loc_p, float grad_kl,
                         float inv_var) {
     const round_keys_t rk = make_round_keys(key0, key1), rk2 = make_round_keys(key2_0, key2_1);
-    backward_segment(grad_out, mu, rho, eps, n, 0, &rk, grad_mu, grad_rho, kind, loc_p, grad_kl, inv_var);
+    backward_segment(grad_out, mu, rho, eps, n, &rk, grad_mu, grad_rho, kind, loc_p, grad_kl, inv_var);
     if (n2 > 0)
-        backward_segment(grad_out2, mu2, rho2, eps2, n2, 0, &rk2, grad_mu2, grad_rho2, kind, loc_p, grad_kl, inv_var);
+        backward_segment(grad_out2, mu2, rho2, eps2, n2, &rk2, grad_mu2, grad_rho2, kind, loc_p, grad_kl, inv_var);
 }
 
 /* ---- the noise stream alone (for tests, and for users who want the same eps): out_i = eps_(32 block0 + i) ---- */
