@@ -5,8 +5,8 @@ compare the pathwise gradient with the score-function one; KL helpers and run ut
 shared by the SAC, BNN and VAE domains.
 """
 
-from . import native
-from .cli import UserError, progress, run_cli
+from . import experiment, native
+from .cli import progress
 from .distributions import (
     Gumbel,
     GumbelSoftmax,
@@ -26,16 +26,19 @@ from .estimators import (
     pathwise_gradient,
     score_function_gradient,
 )
-from .kl import kl_divergence, kl_normal_normal, kl_normal_std_normal, mc_kl
-from .runs import (
+from .experiment import (
     CheckpointError,
+    DivergenceError,
     MetricsCSV,
-    RunDir,
+    UserError,
     atomic_write_bytes,
     atomic_write_text,
     load_checkpoint,
+    run_cli,
     save_checkpoint,
 )
+from .kl import kl_divergence, kl_normal_normal, kl_normal_std_normal, mc_kl
+from .runs import RunDir
 from .utils import seed_everything, select_device, set_threads
 
 __version__ = "0.1.0"
@@ -49,5 +52,5 @@ __all__ = [
     "seed_everything", "select_device", "set_threads",
     "RunDir", "MetricsCSV", "save_checkpoint", "load_checkpoint", "CheckpointError",
     "atomic_write_bytes", "atomic_write_text",
-    "UserError", "run_cli", "progress", "native",
+    "UserError", "DivergenceError", "run_cli", "progress", "native", "experiment",
 ]
