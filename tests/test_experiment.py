@@ -304,3 +304,20 @@ def test_importing_the_core_has_no_side_effects():
             "matplotlib.rcParams._get_backend_or_none()")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_kill_9_in_a_subprocess_then_resume(tmp_path):
+    """A real SIGKILL mid-row (the spine's REPARAM_TEST_KILL_AT_ROW hook), then --resume: the same rows."""
+    import os
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from test_experiment import toy_main; "
+            "toy_main(sys.argv[2:], sys.argv[1])")
+    tests_dir = str(__import__("pathlib").Path(__file__).parent)
+    out = str(tmp_path / "cut")
+    env = {**os.environ, "REPARAM_TEST_KILL_AT_ROW": "6"}
+    proc = subprocess.run([sys.executable, "-c", code, tests_dir, "--out", out], env=env, capture_output=True)
+    assert proc.returncode == -9
+    assert (tmp_path / "cut" / "metrics.csv").read_text().endswith("99999,0.")  # the torn row is there
+    assert toy_main(["--out", out, "--resume"], tmp_path)[0] == 0
+    toy_main(["--out", str(tmp_path / "full")], tmp_path)
+    assert (tmp_path / "cut" / "metrics.csv").read_text() == (tmp_path / "full" / "metrics.csv").read_text()

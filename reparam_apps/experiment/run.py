@@ -210,6 +210,19 @@ def _flag_of(cls: type, name: str) -> str:
     return flag_name(name)
 
 
+def _crash_hook(run: Run, name: str, rows: int) -> None:
+    """Fault injection for the crash tests: ``REPARAM_TEST_KILL_AT_ROW=N`` makes this process write half a row
+    into ``name`` after its N-th logged row, then kill itself with SIGKILL (as ``kill -9`` would)."""
+    at = os.environ.get("REPARAM_TEST_KILL_AT_ROW")
+    if at is None or rows != int(at):
+        return
+    with open(run.path / name, "a") as fh:
+        fh.write("99999,0.")  # a torn row
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 class Run:
     """An open run folder. Made by ``start_or_resume``; domains log, checkpoint and report through it."""
 
@@ -219,6 +232,7 @@ class Run:
         self._csvs: dict[str, MetricsCSV] = {}
         self._writer: Any = None
         self.stop_requested = False
+        self._rows_logged = 0
 
     # -- files -----------------------------------------------------------------------------------
     def file(self, name: str) -> Path:
@@ -244,6 +258,8 @@ class Run:
     def log(self, row: Mapping[str, Any], name: str = "metrics.csv", step_key: str = "step") -> None:
         """Append ``row`` to ``name`` (and to TensorBoard under ``<csv stem>/<column>`` with --tensorboard)."""
         self.metrics(name).append(row)
+        self._rows_logged += 1
+        _crash_hook(self, name, self._rows_logged)
         if self.options.tensorboard:
             if self._writer is None:
                 self._writer = _require_tensorboard()(str(self.path / "tb"))
