@@ -26,7 +26,7 @@ __all__ = [
     "flatten_gradient",
 ]
 
-BASELINES = (None, "mean", "optimal")  # plus any float or tensor constant
+BASELINES = (None, "loo", "optimal")  # plus any float or tensor constant
 
 
 def _as_param_list(params: Tensor | Sequence[Tensor]) -> tuple[list[Tensor], bool]:
@@ -57,26 +57,48 @@ def pathwise_gradient(f: Callable[[Tensor], Tensor], dist_factory: Callable[...,
     return _finish(torch.autograd.grad(loss, plist, allow_unused=True, materialize_grads=True), single)
 
 
+def _check_baseline(baseline: object, n: int) -> None:
+    """ValueError for an unknown baseline, the old name "mean", or a leave-one-out one with n < 2."""
+    if isinstance(baseline, str):
+        if baseline == "mean":  # the old name of "loo": one meaning per word ("mean" is a running mean elsewhere)
+            raise ValueError("baseline='mean' is now called 'loo' (the leave-one-out batch mean): use baseline='loo'")
+        if baseline not in BASELINES:
+            raise ValueError(f"unknown baseline {baseline!r}: use None, a number, 'loo' or 'optimal'")
+        if n < 2:
+            raise ValueError(f"baseline={baseline!r} (leave-one-out) needs n_samples >= 2")
+    elif baseline is not None and (isinstance(baseline, bool) or not isinstance(baseline, (int, float, Tensor))):
+        raise ValueError(f"unknown baseline {baseline!r}: use None, a number, 'loo' or 'optimal'")
+
+
 def score_function_gradient(f: Callable[[Tensor], Tensor], dist_factory: Callable[..., Distribution],
                             params: Tensor | Sequence[Tensor], n_samples: int = 2,
                             baseline: None | str | float | Tensor = None):
-    """REINFORCE estimate of d/dparams E_q[f(z)]: mean_i (f(z_i) - b_i) d log q(z_i) / dparams.
+    """REINFORCE estimate of d/dparams E_q[f(z)]: g = mean_i (f(z_i) - b_i) s_i,  s_i = d log q(z_i) / dparams.
 
     baseline:
       None        b = 0;
       float/Tensor a constant b (unbiased: it does not depend on the samples);
-      "mean"      leave-one-out batch mean b_i = mean_{j != i} f(z_j) (unbiased, needs n >= 2);
-      "optimal"   the variance-optimal scalar b* = E[f |s|^2] / E[|s|^2], s = d log q / dparams,
-                  estimated leave-one-out so it stays unbiased (needs n >= 2).
+      "loo"       leave-one-out batch mean b_i = mean_{j != i} f(z_j) (unbiased, needs n >= 2);
+      "optimal"   the variance-optimal scalar b* = E[f |s|^2] / E[|s|^2], estimated leave-one-out
+                  b_i = sum_{j != i} f_j |s_j|^2 / sum_{j != i} |s_j|^2 so it stays unbiased (needs n >= 2).
+
+    A baseline is unbiased when b_i does not depend on z_i: E[b_i s_i] = E[b_i] E[s_i] = 0. One that
+    includes its own sample is not: b_i = mean_j f_j gives E[g] = (1 - 1/n) grad. With "loo" each
+    coordinate's variance is (exact; derivation in ``reparam_apps.toy``, eq. (L))
+
+        Var[g_loo] = ( Var[(f - E f) s] + (Var[f] E[s^2] + grad^2) / (n - 1) ) / n:
+
+    the n terms are exchangeable but correlated through the shared samples, hence the grad^2 term.
 
     When ``f`` returns per-element values with the same shape as ``log_prob`` (n, *batch) — a sum
     of independent terms, one per data point, the usual case for a batch of data — each term is
-    paired with its own log q and "mean" baselines each element by the other samples of that element
+    paired with its own log q and "loo" baselines each element by the other samples of that element
     (still unbiased, and lower variance than baselining the sum). "optimal" uses the total.
     """
+    n = n_samples
+    _check_baseline(baseline, n)
     plist, single = _as_param_list(params)
     dist = dist_factory(*plist)
-    n = n_samples
     with torch.no_grad():
         z = dist.sample((n,))
         fz = f(z)
@@ -89,12 +111,10 @@ def score_function_gradient(f: Callable[[Tensor], Tensor], dist_factory: Callabl
         fz, log_q = _per_sample(fz, n)[:, None], _per_sample(log_q, n)[:, None]  # (n, 1)
     if baseline is None:
         b = torch.zeros_like(fz)
-    elif isinstance(baseline, (int, float, Tensor)) and not isinstance(baseline, bool):
+    elif not isinstance(baseline, str):
         b = torch.as_tensor(baseline, dtype=fz.dtype, device=fz.device).expand_as(fz)
-    elif baseline in ("mean", "optimal") and n < 2:
-        raise ValueError(f"baseline={baseline!r} (leave-one-out) needs n_samples >= 2")
-    elif baseline == "mean":
-        b = (fz.sum(0, keepdim=True) - fz) / (n - 1)
+    elif baseline == "loo":
+        b = (fz.sum(0, keepdim=True) - fz) / (n - 1)  # (n, M): mean of the other n - 1 samples
     elif baseline == "optimal":
         # Per-sample scores s_i = d log q(z_i) / dphi in one batched backward pass.
         eye = torch.eye(n, dtype=log_q.dtype, device=log_q.device)
@@ -102,8 +122,7 @@ def score_function_gradient(f: Callable[[Tensor], Tensor], dist_factory: Callabl
                                      retain_graph=True, allow_unused=True, materialize_grads=True)
         s2 = sum(s.reshape(n, -1).square().sum(1) for s in scores)[:, None]  # |s_i|^2, (n, 1)
         b = ((fz * s2).sum(0) - fz * s2) / (s2.sum(0) - s2).clamp_min(torch.finfo(s2.dtype).tiny)
-    else:
-        raise ValueError(f"unknown baseline {baseline!r}: use None, a number, 'mean' or 'optimal'")
+    # d/dparams of the surrogate is mean_i (f_i - b_i) s_i: the weights are constants, only log q is differentiated
     surrogate = ((fz - b).detach() * log_q).sum(1).mean(0)
     return _finish(torch.autograd.grad(surrogate, plist, allow_unused=True, materialize_grads=True), single)
 

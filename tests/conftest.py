@@ -11,6 +11,15 @@ SHARED_DATA = Path(os.environ.get("REPARAM_SHARED_DATA", ROOT.parent / "shared" 
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+try:  # hypothesis tests draw the same examples on every run (a failure reproduces); HYPOTHESIS_PROFILE=explore
+    from hypothesis import settings  # draws fresh random examples instead
+
+    settings.register_profile("derandomized", derandomize=True, deadline=None)
+    settings.register_profile("explore", derandomize=False, deadline=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomized"))
+except ImportError:  # hypothesis is a dev dependency; the tests that use it import it themselves
+    pass
+
 
 @pytest.fixture
 def shared_data() -> Path:
