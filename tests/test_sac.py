@@ -1,5 +1,6 @@
-"""SAC unit tests: the policy's log-density against SB3 and the core, the critic target on hand-made
-transitions, the fused ensemble against independent MLPs, Polyak averaging, save/load, the buffer."""
+"""SAC unit tests: the policy's log-density against SB3 and the core, the fused ensemble against
+independent MLPs, Polyak averaging, save/load, the buffer. The update's equations (target, the three
+losses and their gradients, Polyak inside the update) are in test_sac_equations.py."""
 
 from __future__ import annotations
 
@@ -70,16 +71,6 @@ def test_actor_log_prob_matches_sb3_and_core():
     model.close()
 
 
-def test_actor_gradient_is_pathwise():
-    model = SAC("Pendulum-v1", seed=0, **SMALL)
-    action, log_pi = model.actor.sample(torch.randn(16, 3))
-    (action.sum() + log_pi.sum()).backward()
-    grads = [p.grad for p in model.actor.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert any(g.abs().sum() > 0 for g in grads)
-    model.close()
-
-
 # -- the critics -----------------------------------------------------------------------------------
 def _member_mlp(critic: CriticEnsemble, j: int, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
     """Critic j as a plain MLP with F.linear (independent of the batched-matmul code)."""
@@ -120,26 +111,6 @@ def test_fused_ensemble_equals_independent_mlps(n):
     torch.testing.assert_close(act.grad, act_ref.grad)
 
 
-def test_target_on_hand_made_transitions():
-    model = SAC("Pendulum-v1", seed=0, gamma=0.9, **SMALL)
-    next_obs = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, -0.5], [0.6, 0.8, 0.0]])
-    rew = torch.tensor([-1.0, -2.0, 0.5])
-    term = torch.tensor([1.0, 0.0, 0.0])  # terminated; truncated (stored as 0); ordinary step
-    alpha = torch.tensor([0.3])
-    torch.manual_seed(5)
-    y = model.compute_target(rew, next_obs, term, alpha)
-    # By hand: the same policy noise, each target critic as a separate MLP, the min, the soft value.
-    torch.manual_seed(5)
-    with torch.no_grad():
-        next_a, next_log_pi = model.actor.sample(next_obs)
-        q = torch.stack([_member_mlp(model.critic_target, j, next_obs, next_a) for j in range(2)])
-        soft_v = q.min(0).values - 0.3 * next_log_pi
-    assert y[0].item() == pytest.approx(-1.0)  # terminal: no bootstrap at all
-    assert y[1].item() == pytest.approx(-2.0 + 0.9 * soft_v[1].item(), abs=1e-5)  # truncation bootstraps
-    assert y[2].item() == pytest.approx(0.5 + 0.9 * soft_v[2].item(), abs=1e-5)
-    model.close()
-
-
 def test_polyak_update():
     torch.manual_seed(0)
     params = [torch.randn(3, 4), torch.randn(5)]
@@ -151,23 +122,6 @@ def test_polyak_update():
     polyak_update(params, targets, 1.0)  # tau = 1: hard copy
     for t, p in zip(targets, params, strict=True):
         torch.testing.assert_close(t, p)
-
-
-def test_update_moves_targets_by_tau_and_changes_all_networks():
-    model = SAC("Pendulum-v1", seed=0, tau=0.1, **SMALL)
-    model.learn(60)  # fills the buffer past batch_size, 10 updates
-    before = {k: v.clone() for k, v in model.critic.state_dict().items()}
-    before_t = {k: v.clone() for k, v in model.critic_target.state_dict().items()}
-    before_a = [p.clone() for p in model.actor.parameters()]
-    log_alpha = model.log_alpha.item()
-    model._update(*model.buffer.sample(32, model.rng, model.device))
-    for k, w in model.critic.state_dict().items():
-        if k.startswith("weights"):
-            assert not torch.equal(w, before[k])
-            torch.testing.assert_close(model.critic_target.state_dict()[k], 0.9 * before_t[k] + 0.1 * w)
-    assert any(not torch.equal(p, b) for p, b in zip(model.actor.parameters(), before_a, strict=True))
-    assert model.log_alpha.item() != log_alpha
-    model.close()
 
 
 def test_fixed_alpha_is_not_learned():
