@@ -3,6 +3,7 @@ link and anchor resolves, and nothing machine-local or commit-dependent (paths, 
 
 from __future__ import annotations
 
+import ast
 import re
 import unicodedata
 from pathlib import Path
@@ -121,6 +122,13 @@ def test_relative_links_and_anchors_resolve(path):
 
 
 @pytest.mark.parametrize("path", DOCS, ids=_rel)
+def test_named_source_paths_exist(path):
+    # "Where each equation lives" and the like must not point at files that were moved or split.
+    for m in re.finditer(r"`((?:reparam_apps|agents|bnn|vae|scripts|tests)/[\w./-]*)`", path.read_text()):
+        assert (ROOT / m.group(1)).exists(), f"{_rel(path)}: `{m.group(1)}` does not exist"
+
+
+@pytest.mark.parametrize("path", DOCS, ids=_rel)
 def test_no_machine_local_paths_or_test_counts(path):
     for i, line in enumerate(path.read_text().splitlines(), 1):
         assert not LOCAL_PATH.search(line), f"{_rel(path)}:{i}: machine-local path: {line.strip()}"
@@ -136,3 +144,21 @@ def test_the_checks_themselves_catch_what_they_claim():
     assert github_slug("Core: sample + log-prob + backward against torch.distributions") == \
         "core-sample--log-prob--backward-against-torchdistributions"
     assert github_slug("The core (`reparam_apps`)") == "the-core-reparam_apps"
+
+
+def test_layers_as_design_md_states_them():
+    """docs/design.md: reparam_apps imports no domain, and no domain imports another (imports read, not run)."""
+    packages = {"reparam_apps", "agents", "bnn", "vae"}
+    for pkg in packages:
+        allowed = {pkg} if pkg == "reparam_apps" else {pkg, "reparam_apps"}
+        for file in sorted((ROOT / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(file.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    assert top not in packages - allowed, f"{_rel(file)} imports {name}, against design.md's layers"
