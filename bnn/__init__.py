@@ -7,6 +7,7 @@
     pred = bnn.predict(net, x_test, n_samples=32)   # probs, entropy, mutual information
 """
 
+from .config import BNNConfig
 from .elbo import ELBOTerms, blundell_kl_weight, elbo_loss
 from .layers import (
     DEFAULT_INIT_RHO,
@@ -42,6 +43,7 @@ from .predict import (
     rmse,
 )
 from .priors import GaussianPrior, Prior, ScaleMixturePrior
+from .train import KL_SCHEDULES, Trainer, fit, make_mlp
 from .uci import UCI_DATASETS, UCISplit, load_uci_split, uci_n_splits
 
 __all__ = [
@@ -55,4 +57,5 @@ __all__ = [
     "expected_calibration_error", "reliability_bins", "rmse", "gaussian_log_likelihood", "interval_coverage",
     "prune_by_snr",
     "UCI_DATASETS", "UCISplit", "load_uci_split", "uci_n_splits",
+    "fit", "Trainer", "make_mlp", "KL_SCHEDULES", "BNNConfig",
 ]
