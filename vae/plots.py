@@ -1,19 +1,22 @@
-"""Run-folder figures: reconstructions vs inputs, prior samples, the 2-D latent manifold."""
+"""Run-folder figures: reconstructions vs inputs, prior samples, the 2-D latent manifold, the ELBO curves.
+
+Figures are made without pyplot (``reparam_apps.experiment.subplots``), so no GUI backend is ever chosen."""
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from reparam_apps.plotting import plt, save_figure
+from reparam_apps.experiment import plot_curves, save_figure, subplots
 
 from .model import VAE, _BaseVAE
 
-__all__ = ["image_grid", "save_image_grid", "save_reconstructions", "save_samples", "save_manifold"]
+__all__ = ["image_grid", "save_image_grid", "save_reconstructions", "save_samples", "save_manifold", "save_elbo_curves"]
 
 
 def image_grid(images: Tensor, nrow: int, pad: int = 1) -> np.ndarray:
@@ -30,7 +33,7 @@ def image_grid(images: Tensor, nrow: int, pad: int = 1) -> np.ndarray:
 
 def save_image_grid(path: str | os.PathLike, images: Tensor, nrow: int, title: str = "") -> None:
     grid = image_grid(images, nrow)
-    fig, ax = plt.subplots(figsize=(min(8.0, 0.45 * nrow + 1), min(8.0, 0.45 * grid.shape[0] / (grid.shape[1] / nrow)
+    fig, ax = subplots(figsize=(min(8.0, 0.45 * nrow + 1), min(8.0, 0.45 * grid.shape[0] / (grid.shape[1] / nrow)
                                                                     + 1)))
     ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")
@@ -70,3 +73,11 @@ def save_manifold(path: str | os.PathLike, model: VAE, n: int = 15) -> None:
     q = (math.sqrt(2.0) * torch.erfinv(2 * p - 1)).to(next(model.parameters()))  # Phi^-1(p)
     zz = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), dim=-1).reshape(-1, 2)  # (n*n, 2), row-major
     save_image_grid(path, model.decode(zz), nrow=n, title="latent manifold: decoder mean over a quantile grid")
+
+
+def save_elbo_curves(path: str | os.PathLike, rows: Sequence[Mapping[str, str]], title: str = "") -> None:
+    """Train and test ELBO per epoch from the rows of metrics.csv (``epoch``, ``train_elbo``, ``test_elbo``)."""
+    ep = [int(r["epoch"]) for r in rows]
+    plot_curves(path, {"train ELBO": (ep, [float(r["train_elbo"]) for r in rows]),
+                       "test ELBO": (ep, [float(r["test_elbo"]) for r in rows])},
+                xlabel="epoch", ylabel="ELBO (nats per example)", title=title)

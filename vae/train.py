@@ -1,19 +1,39 @@
-"""Training and evaluation loops shared by scripts/train_vae.py, scripts/bench_vae.py and the tests.
+"""Training and evaluation: the epoch loop, the ELBO and IWAE evaluations, and a whole run on the spine.
 
 One host sync per epoch: batch statistics are summed on the device and read once at the end, so the
 loop never waits on ``.item()`` between batches.
+
+``train_run`` is what ``reparam-vae`` runs: an epoch loop that logs a metrics row, a status line and a
+checkpoint every ``--log-every`` epochs. A checkpoint holds the model (its running-mean baseline is a
+buffer), the optimizer, the epoch and gradient step (the Gumbel-Softmax temperature is a function of the
+step) and every RNG state (python, numpy, torch CPU and CUDA), so that a run killed at any point and
+resumed writes the same metrics.csv rows as an uninterrupted run. The data order needs no state of its
+own: the shuffle draws from torch's generator and dynamic binarisation is seeded by (seed, epoch).
 """
 
 from __future__ import annotations
 
+import math
+import random
+import sys
+import time
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .model import _BaseVAE
+from reparam_apps import experiment as ex
+from reparam_apps.utils import seed_everything, select_device, set_threads
 
-__all__ = ["beta_at", "train_epoch", "evaluate", "evaluate_iwae"]
+from .config import VAEConfig
+from .data import VAEData, load_vae_data
+from .model import CHECKPOINT_KIND, SF_BASELINES, VAE, CategoricalVAE, _BaseVAE
+from .plots import save_elbo_curves, save_manifold, save_reconstructions, save_samples
+
+__all__ = ["beta_at", "train_epoch", "evaluate_elbo", "evaluate_iwae", "build_model", "load_data", "rng_state",
+           "set_rng_state", "train_run"]
 
 
 def beta_at(step: int, beta: float, warmup_steps: int) -> float:
@@ -49,7 +69,7 @@ def train_epoch(model: _BaseVAE, optimizer: torch.optim.Optimizer, x: Tensor, ba
 
 
 @torch.no_grad()
-def evaluate(model: _BaseVAE, x: Tensor, batch_size: int = 1000, n_samples: int = 1) -> dict[str, float]:
+def evaluate_elbo(model: _BaseVAE, x: Tensor, batch_size: int = 1000, n_samples: int = 1) -> dict[str, float]:
     """Mean ELBO, reconstruction term and KL over x (nats per example), analytic KL."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=x.device)
@@ -60,6 +80,11 @@ def evaluate(model: _BaseVAE, x: Tensor, batch_size: int = 1000, n_samples: int 
     return {"elbo": elbo, "rec": rec, "kl": kl}
 
 
+# Deprecated name, kept while vae/__init__.py, scripts/bench_vae.py and tests/test_vae_train.py still import it:
+# ``evaluate`` collides with agents.evaluate (the SAC one).
+evaluate = evaluate_elbo
+
+
 @torch.no_grad()
 def evaluate_iwae(model: _BaseVAE, x: Tensor, k: int, batch_size: int = 10, chunk_size: int | None = None) -> float:
     """Mean IWAE_k bound over x (nats per example), eq. (3) of vae.model, chunked over k."""
@@ -68,3 +93,157 @@ def evaluate_iwae(model: _BaseVAE, x: Tensor, k: int, batch_size: int = 10, chun
     for start in range(0, x.shape[0], batch_size):
         total += model.iwae_bound(x[start:start + batch_size], k, chunk_size).double().sum()
     return float(total / x.shape[0])
+
+
+# -- a run on the experiment spine ----------------------------------------------------------------
+def _model_baseline(name: str) -> str:
+    """The config's baseline name as vae.model spells it ("running_mean" was "mean" before the rename)."""
+    return name if name in SF_BASELINES or name != "running_mean" else "mean"
+
+
+def build_model(cfg: VAEConfig, image_shape: tuple[int, int]) -> VAE | CategoricalVAE:
+    """The model ``cfg`` describes, for images of ``image_shape`` (H, W)."""
+    common = dict(image_shape=image_shape, hidden=cfg.hidden, arch=cfg.arch, likelihood=cfg.likelihood,
+                  decoder_std=cfg.decoder_std, kl=cfg.kl, estimator=cfg.estimator, sf_samples=cfg.sf_samples,
+                  sf_baseline=_model_baseline(cfg.sf_baseline), train_samples=cfg.train_samples)
+    if cfg.model == "categorical":
+        return CategoricalVAE(n_latents=cfg.latent_dim, n_classes=cfg.n_classes, temperature=cfg.temperature,
+                              temperature_min=cfg.temperature_min, anneal_rate=cfg.anneal_rate, hard=cfg.hard,
+                              **common)
+    return VAE(latent_dim=cfg.latent_dim, **common)
+
+
+def load_data(cfg: VAEConfig, device: torch.device) -> VAEData:
+    """The run's data on ``device`` (binarised as ``cfg.binarize`` says, training binarisation seeded by the seed)."""
+    return load_vae_data(cfg.dataset, cfg.data_dir, cfg.binarize, seed=cfg.seed).to(device)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator a run draws from: python, numpy, torch CPU and (once initialised) CUDA."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` returned."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _restore(run: ex.Run, model: _BaseVAE, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
+    """Load the checkpoint of a resumed run into model and optimizer; (epoch, step), (0, 0) for a fresh run."""
+    state = run.load_checkpoint(CHECKPOINT_KIND, map_location="cpu")  # RNG states must stay on the CPU
+    if state is None:
+        return 0, 0
+    try:
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, step = int(state["epoch"]), int(state["gradient_step"])
+        set_rng_state(state["rng"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        raise ex.CheckpointError(f"{run.checkpoint_path} does not fit this run's config "
+                                 f"({str(err).strip().splitlines()[0]}): resume with the version that wrote it, "
+                                 "or start a new run") from None
+    run.rewind(epoch, key="epoch")
+    return epoch, step
+
+
+def train_run(run: ex.Run, data: VAEData | None = None) -> int:
+    """Train (or continue) the run in ``run`` to ``run.config.epochs``, then write its figures and summary.
+
+    Args:
+        run: the open run folder (``ex.start_or_resume("vae", ...)``); its config is a ``VAEConfig``.
+        data: the run's data, if already loaded (``load_data``); loaded here otherwise.
+    Returns:
+        0 when finished; 130 after a Ctrl-C (saved at the end of the current epoch).
+    Raises:
+        DivergenceError: a NaN or inf ELBO or parameter (the last good checkpoint is kept).
+    """
+    cfg: VAEConfig = run.config
+    set_threads(cfg.threads)
+    device = select_device(cfg.device)
+    seed_everything(cfg.seed)
+    data = load_data(cfg, device) if data is None else data.to(device)
+    model = build_model(cfg, data.image_shape).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    epoch, step = _restore(run, model, optimizer)
+
+    steps_per_epoch = math.ceil(data.n_train / cfg.batch_size)
+    warmup_steps = int(round(cfg.warmup * steps_per_epoch))
+    every = run.options.log_every
+    bar = run.progress(cfg.epochs, f"VAE {cfg.model} {cfg.estimator} {cfg.dataset}", unit="epoch", initial=epoch)
+    noted = False
+
+    def on_batch() -> None:  # the first Ctrl-C is answered at once, the save waits for the epoch's end
+        nonlocal noted
+        if run.stop_requested and not noted:
+            noted = True
+            print(f"\nCtrl-C: saving at the end of epoch {epoch + 1} (Ctrl-C again: stop now, unsaved)",
+                  file=sys.stderr, flush=True)
+
+    def save() -> None:
+        state = {**model.checkpoint_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                 "gradient_step": step, "rng": rng_state()}
+        if isinstance(model, CategoricalVAE):
+            state["temperature"] = model.temperature_at(step)  # for the record: tau is a function of the step
+        run.save_checkpoint(state, CHECKPOINT_KIND, epoch, check=[model], unit="epoch")
+
+    t_window, n_window = time.perf_counter(), 0
+    with run.interruptible():
+        while epoch < cfg.epochs:
+            train, step = train_epoch(model, optimizer, data.train(epoch), cfg.batch_size, step, cfg.beta,
+                                      warmup_steps, on_batch=on_batch)
+            epoch += 1
+            n_window += 1
+            bar.update(1)
+            saved = False
+            if epoch % every == 0 or epoch == cfg.epochs:
+                test = evaluate_elbo(model, data.test)
+                run.check_finite({"train_elbo": train["elbo"], "test_elbo": test["elbo"]}, epoch, unit="epoch")
+                row = {"epoch": epoch, "step": step, **{f"train_{k}": v for k, v in train.items()},
+                       **{f"test_{k}": v for k, v in test.items()}}
+                if isinstance(model, CategoricalVAE):
+                    row["temperature"] = model.temperature_at(step)
+                run.log(row)
+                seconds = time.perf_counter() - t_window
+                run.log({"epoch": epoch, "seconds": seconds, "epochs": n_window,
+                         "examples_per_s": n_window * data.n_train / max(seconds, 1e-9)}, "speed.csv", "epoch")
+                bar.status(train_elbo=train["elbo"], test_elbo=test["elbo"])
+                save()
+                saved = True
+                t_window, n_window = time.perf_counter(), 0
+            if run.stop_requested:
+                if not saved:
+                    save()
+                bar.close()
+                return run.interrupted(f"epoch {epoch}/{cfg.epochs}")
+    bar.close()
+    _finish(run, cfg, model, data, epoch)
+    return 0
+
+
+def _finish(run: ex.Run, cfg: VAEConfig, model: _BaseVAE, data: VAEData, epoch: int) -> None:
+    """Figures, the final ELBO (and IWAE bound), summary.json and the one-line result on stdout."""
+    rows = run.metrics().rows()
+    save_elbo_curves(run.file("elbo.png"), rows, title=f"{cfg.model} VAE, {cfg.estimator}")
+    save_reconstructions(run.file("reconstructions.png"), model, data.test[:20])
+    save_samples(run.file("samples.png"), model)
+    if isinstance(model, VAE) and model.latent_dim == 2:
+        save_manifold(run.file("manifold.png"), model)
+    final = evaluate_elbo(model, data.test)
+    summary: dict[str, Any] = {"epochs": epoch, "test_elbo": final["elbo"], "test_rec": final["rec"],
+                               "test_kl": final["kl"], "data": data.name, "image_shape": list(data.image_shape),
+                               "n_train": data.n_train, "n_test": int(data.test.shape[0])}
+    msg = f"final test ELBO {final['elbo']:.2f} nats"
+    if cfg.iwae_k > 0:
+        subset = data.test[: cfg.iwae_n]
+        summary.update(iwae=evaluate_iwae(model, subset, cfg.iwae_k), iwae_k=cfg.iwae_k,
+                       iwae_n=int(subset.shape[0]), elbo_on_iwae_subset=evaluate_elbo(model, subset)["elbo"])
+        msg += (f", IWAE(k={cfg.iwae_k}) {summary['iwae']:.2f} nats on the first {subset.shape[0]} test "
+                f"examples (ELBO there {summary['elbo_on_iwae_subset']:.2f})")
+    run.write_summary(summary)
+    run.close()
+    print(f"{msg}; run folder {run.path}", flush=True)
