@@ -75,6 +75,15 @@ def _read_int(folder: Path, name: str, default: int) -> int:
     return int(_read(folder, name, np.int64)[0]) if (folder / name).is_file() else default
 
 
+def _check_finite(data: np.ndarray, columns: np.ndarray, path: Path) -> None:
+    """DataError naming the first row (1-based, as the table's rows count) with a NaN or inf in a used column."""
+    bad = ~np.isfinite(data[:, columns])  # (N, used columns)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(f"{path} row {row + 1}, column {columns[col]}: {data[row, columns[col]]} (a missing or "
+                        f"non-finite value; {int(bad.any(1).sum())} such rows): drop or fill those rows")
+
+
 def uci_n_splits(data_dir: str | os.PathLike, dataset: str) -> int:
     return _read_int(uci_folder(data_dir, dataset), "n_splits.txt", 20)
 
@@ -95,10 +104,14 @@ def load_uci_split(data_dir: str | os.PathLike, dataset: str, split: int) -> UCI
     test = _read(folder, f"index_test_{split}.txt", np.int64)
     if max(train.max(), test.max()) >= len(data) or features.max() >= data.shape[1] or target >= data.shape[1]:
         raise DataError(f"{folder}: split {split} or column indices point outside data.txt ({data.shape})")
+    _check_finite(data, np.append(features, target), folder / "data.txt")
     x, y = data[:, features], data[:, target : target + 1]
     x_mean, x_std = x[train].mean(0), x[train].std(0)
     x_std[x_std == 0] = 1.0
     y_mean, y_std = float(y[train].mean()), float(y[train].std())
+    if y_std == 0:
+        raise DataError(f"{folder / 'data.txt'}: the target column {target} is constant on split {split}'s training "
+                        "rows: nothing to regress")
     f = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
     return UCISplit(f((x[train] - x_mean) / x_std), f((y[train] - y_mean) / y_std),
                     f((x[test] - x_mean) / x_std), f((y[test] - y_mean) / y_std),

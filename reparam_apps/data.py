@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 __all__ = ["ImageDataset", "load_digits", "load_mnist", "load_images", "read_idx", "MNIST_FILES",
-           "DataError"]
+           "DataError", "check_finite_images"]
 
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -52,6 +52,15 @@ def _seeded_split(x: np.ndarray, y: np.ndarray, n_test: int, seed: int):
     perm = np.random.default_rng(seed).permutation(len(x))
     test, train = perm[:n_test], perm[n_test:]
     return x[train], y[train], x[test], y[test]
+
+
+def check_finite_images(images: np.ndarray, source: str) -> None:
+    """DataError naming ``source`` (the file) and the first image (row) holding a NaN or inf pixel."""
+    if np.issubdtype(images.dtype, np.floating):
+        bad = ~np.isfinite(images.reshape(len(images), -1)).all(1)  # (N,)
+        if bad.any():
+            raise DataError(f"{source}: image {int(np.argmax(bad))} holds NaN or inf pixels ({int(bad.sum())} such "
+                            "images): replace the file with a clean copy")
 
 
 def _to_dataset(x_tr, y_tr, x_te, y_te, name: str) -> ImageDataset:
@@ -110,11 +119,13 @@ def load_mnist(data_dir: str | os.PathLike, n_test: int = 2000, seed: int = 0) -
         missing = [MNIST_FILES[k] + "[.gz]" for k in ("test_images", "test_labels") if found[k] is None]
         raise DataError(f"MNIST folder {folder} lacks {', '.join(missing)}; {_MNIST_HINT}")
     x_te, y_te = read_idx(found["test_images"]), read_idx(found["test_labels"])
+    check_finite_images(x_te, str(found["test_images"]))
     if len(x_te) != len(y_te):
         raise DataError(f"{folder}: {len(x_te)} test images but {len(y_te)} labels")
     scale = lambda a: a.astype(np.float32) / 255.0  # noqa: E731
     if found["train_images"] is not None and found["train_labels"] is not None:
         x_tr, y_tr = read_idx(found["train_images"]), read_idx(found["train_labels"])
+        check_finite_images(x_tr, str(found["train_images"]))
         return _to_dataset(scale(x_tr), y_tr, scale(x_te), y_te, name="mnist")
     if not 0 < n_test < len(x_te):
         raise ValueError(f"n_test must be in (0, {len(x_te)}), got {n_test}")
