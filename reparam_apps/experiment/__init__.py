@@ -8,6 +8,7 @@ An entry point is a few lines::
     ...  # train; run.log(row); run.save_checkpoint(state, "mydomain", step, check=[model])
 """
 
+from . import distributed
 from .checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint, previous_path, save_checkpoint
 from .cli import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USER_ERROR, run_cli
 from .config import (
@@ -22,6 +23,7 @@ from .config import (
     flag_name,
     parse_cli,
 )
+from .distributed import DistInfo, init_distributed
 from .errors import CheckpointError, DivergenceError, UserError
 from .guard import check_finite_parameters, check_finite_values
 from .metrics import MetricsCSV
@@ -37,5 +39,5 @@ __all__ = [
     "CheckpointError", "DivergenceError", "UserError",
     "check_finite_parameters", "check_finite_values",
     "MetricsCSV", "plot_curves", "save_figure", "subplots", "Progress", "format_duration",
-    "CHECKPOINT", "Run", "command_line", "start_or_resume",
+    "CHECKPOINT", "Run", "command_line", "start_or_resume", "DistInfo", "init_distributed", "distributed",
 ]

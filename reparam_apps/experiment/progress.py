@@ -43,10 +43,11 @@ class Progress:
         disable: hide the bar (``--no-progress``); status lines still go to ``log_file``.
         log_file: the run folder's ``log.txt`` (appended).
         stream: where the bar or the status lines go (default stderr).
+        quiet: print nothing (torchrun's non-main ranks).
     """
 
     def __init__(self, total: int, desc: str, unit: str = "step", initial: int = 0, disable: bool = False,
-                 log_file: str | os.PathLike | None = None, stream: TextIO | None = None):
+                 log_file: str | os.PathLike | None = None, stream: TextIO | None = None, quiet: bool = False):
         self.total, self.desc, self.unit = int(total), desc, unit
         self.n = int(initial)
         self.stream = stream or sys.stderr
@@ -54,6 +55,7 @@ class Progress:
         self.bar = (tqdm(total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True, file=self.stream,
                          smoothing=0.1) if self.tty and not disable else None)
         self.log_path = Path(log_file) if log_file is not None else None
+        self.quiet = quiet
         self._t0, self._n0 = time.perf_counter(), self.n
 
     def update(self, n: int = 1) -> None:
@@ -81,7 +83,7 @@ class Progress:
         same line (timestamped) in the log file. Returns the line."""
         text = self.line(values)
         self.set_postfix(values)
-        if self.bar is None and not self.tty:
+        if self.bar is None and not self.tty and not self.quiet:
             print(text, file=self.stream, flush=True)
         self.log(text)
         return text

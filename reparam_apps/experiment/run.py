@@ -30,6 +30,7 @@ from typing import Any
 from .checkpoint import atomic_write_text, load_checkpoint, previous_path, save_checkpoint
 from .cli import EXIT_INTERRUPTED
 from .config import ParsedCLI, RunOptions, build_config, config_from_dict, config_to_dict, flag_name
+from .distributed import DistInfo, broadcast_object, single_process
 from .errors import UserError
 from .guard import check_finite_parameters, check_finite_values
 from .metrics import MetricsCSV
@@ -101,7 +102,7 @@ def _require_tensorboard() -> type:
 
 
 def start_or_resume(domain: str, cli: ParsedCLI, name: str | Callable[[Any], str], *, root: str | os.PathLike = "runs",
-                    quiet: bool = False) -> Run:
+                    quiet: bool = False, dist_info: DistInfo | None = None) -> Run:
     """Open the run folder for this command: a fresh one, or the one ``--resume`` continues.
 
     Args:
@@ -110,10 +111,15 @@ def start_or_resume(domain: str, cli: ParsedCLI, name: str | Callable[[Any], str
         name: the run's name without the time stamp (task and seed), or a function of the config giving it.
         root: where default folders go (relative to the current directory).
         quiet: do not print the folder (tests).
+        dist_info: under torchrun, only the main rank opens (and writes) the folder; the others get a
+            read-only ``Run`` of the same folder, or the main rank's error.
     Raises:
         UserError: an occupied or unusable folder, a broken config.json, a changed flag on resume.
         ValueError: an invalid config value (named by the config's validation).
     """
+    info = dist_info or single_process()
+    if info.distributed:
+        return _start_or_resume_distributed(domain, cli, name, root, quiet, info)
     opts = cli.options
     typed = build_config(cli.config_cls, cli.given)  # validates before anything is written
     run_name = name(typed) if callable(name) else name
@@ -182,6 +188,28 @@ def start_or_resume(domain: str, cli: ParsedCLI, name: str | Callable[[Any], str
     return run
 
 
+def _start_or_resume_distributed(domain: str, cli: ParsedCLI, name: Any, root: Any, quiet: bool,
+                                 info: DistInfo) -> Run:
+    """The main rank opens the folder and sends its path (or its error) to the others, which read it."""
+    if info.is_main:
+        try:
+            run = start_or_resume(domain, cli, name, root=root, quiet=quiet)
+        except (UserError, ValueError) as err:
+            broadcast_object(("error", str(err)), info)
+            raise
+        broadcast_object(("ok", str(run.path)), info)
+        return run
+    status, text = broadcast_object(None, info)  # type: ignore[misc]
+    if status == "error":
+        raise UserError(text)
+    path = Path(text)
+    saved = _read_config_json(path / "config.json")
+    config = config_from_dict(cli.config_cls, saved["config"])
+    options = RunOptions(**{**saved.get("run", {}), "out": str(path), "resume": cli.options.resume})
+    return Run(path, config, options, domain=domain, resumed=cli.options.resume, prog=command_line(),
+               writable=False)
+
+
 def _options_dict(options: RunOptions) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(options).items() if k not in ("out", "resume")}
 
@@ -226,8 +254,10 @@ def _crash_hook(run: Run, name: str, rows: int) -> None:
 class Run:
     """An open run folder. Made by ``start_or_resume``; domains log, checkpoint and report through it."""
 
-    def __init__(self, path: Path, config: Any, options: RunOptions, domain: str, resumed: bool, prog: str):
+    def __init__(self, path: Path, config: Any, options: RunOptions, domain: str, resumed: bool, prog: str,
+                 writable: bool = True):
         self.path, self.config, self.options = Path(path), config, options
+        self.writable = writable  # False on torchrun's non-main ranks: they read, the main rank writes
         self.domain, self.resumed, self.prog = domain, resumed, prog
         self._csvs: dict[str, MetricsCSV] = {}
         self._writer: Any = None
@@ -245,7 +275,8 @@ class Run:
     def write_json(self, name: str, obj: Any) -> None:
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
             obj = dataclasses.asdict(obj)
-        atomic_write_text(self.path / name, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        if self.writable:
+            atomic_write_text(self.path / name, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
     def read_json(self, name: str) -> Any:
         return json.loads((self.path / name).read_text())
@@ -257,6 +288,8 @@ class Run:
 
     def log(self, row: Mapping[str, Any], name: str = "metrics.csv", step_key: str = "step") -> None:
         """Append ``row`` to ``name`` (and to TensorBoard under ``<csv stem>/<column>`` with --tensorboard)."""
+        if not self.writable:
+            return
         self.metrics(name).append(row)
         self._rows_logged += 1
         _crash_hook(self, name, self._rows_logged)
@@ -270,6 +303,8 @@ class Run:
 
     def rewind(self, step: float, key: str = "step") -> None:
         """On resume: drop the CSV rows logged after the checkpoint at ``step`` (and any torn last row)."""
+        if not self.writable:
+            return
         for csv_path in sorted(self.path.glob("*.csv")):
             table = self.metrics(csv_path.name)
             if key in table.columns:
@@ -287,7 +322,7 @@ class Run:
         if previous_path(latest).is_file():
             print(f"note: resuming from {previous_path(latest)} ({latest} is missing)", file=sys.stderr)
             return load_checkpoint(previous_path(latest), kind, map_location)
-        for csv_path in self.path.glob("*.csv"):  # a failed start: begin again from step 0
+        for csv_path in self.path.glob("*.csv") if self.writable else ():  # a failed start: begin again
             csv_path.unlink()
         self._csvs.clear()
         print(f"note: {self.path} holds no checkpoint yet: starting it from the beginning", file=sys.stderr)
@@ -298,6 +333,8 @@ class Run:
         """Atomically write ``latest.pt`` (the previous good one kept), after checking that ``check``
         (modules or tensors) holds no NaN/inf: a diverged state never replaces a good checkpoint."""
         check_finite_parameters(check, step, unit, checkpoint=self._kept_checkpoint())
+        if not self.writable:
+            return
         save_checkpoint({**state, "step": step}, self.checkpoint_path, kind, keep_previous=True)
 
     def _kept_checkpoint(self) -> Path | None:
@@ -310,8 +347,8 @@ class Run:
 
     # -- progress, interruption, the end ----------------------------------------------------------
     def progress(self, total: int, desc: str, unit: str = "step", initial: int = 0) -> Progress:
-        return Progress(total, desc, unit=unit, initial=initial, disable=self.options.no_progress,
-                        log_file=self.path / "log.txt")
+        return Progress(total, desc, unit=unit, initial=initial, disable=self.options.no_progress or not self.writable,
+                        log_file=self.path / "log.txt" if self.writable else None, quiet=not self.writable)
 
     @contextlib.contextmanager
     def interruptible(self) -> Iterator[Run]:
@@ -337,8 +374,9 @@ class Run:
 
     def interrupted(self, where: str) -> int:
         """Print the one line for a Ctrl-C that was saved, and return the exit code 130."""
-        print(f"interrupted at {where}: saved {self.checkpoint_path}; continue with: {self.resume_command()}",
-              file=sys.stderr, flush=True)
+        if self.writable:
+            print(f"interrupted at {where}: saved {self.checkpoint_path}; continue with: {self.resume_command()}",
+                  file=sys.stderr, flush=True)
         self.close()
         return EXIT_INTERRUPTED
 

@@ -1,0 +1,95 @@
+"""The spine's torchrun support on CPU: two gloo processes spawned from the test."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from reparam_apps.experiment import distributed as D
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(fn, world: int, *args) -> None:
+    """Run ``fn(rank, world, *args)`` in ``world`` gloo processes (torchrun's environment, set by hand)."""
+    port = _free_port()
+    mp.start_processes(_entry, args=(fn, world, port, args), nprocs=world, join=True, start_method="spawn")
+
+
+def _entry(rank: int, fn, world: int, port: int, args) -> None:
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))  # the toy domain of test_experiment
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        fn(rank, world, *args)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def test_one_process_is_unchanged_and_bad_worlds_are_refused(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    info, device = D.init_distributed(torch.device("cpu"))
+    assert info == D.DistInfo() and info.is_main and not info.distributed
+    assert D.shard(torch.arange(5), info).tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(D.UserError, match="4 processes for a training set of 3 items"):
+        D.check_world_size(3, 128, D.DistInfo(rank=0, world_size=4))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(D.dist, "is_backend_available", lambda name: False)
+    with pytest.raises(D.UserError, match="no gloo backend"):
+        D.init_distributed(torch.device("cpu"))
+
+
+def _open_run(rank: int, world: int, root: str, occupied: str) -> None:
+    from test_experiment import ToyConfig
+
+    from reparam_apps import experiment as ex
+
+    info, device = D.init_distributed(torch.device("cpu"))
+    assert (info.rank, info.world_size, info.backend) == (rank, world, "gloo") and device.type == "cpu"
+    mine = D.shard(torch.arange(10), info)
+    result = {"mine": mine, "sums": D.reduce_sums({"loss_sum": float(mine.sum()), "count": mine.numel()}, info),
+              "sent": D.broadcast_object(f"from-{rank}", info)}
+    try:  # an occupied --out: every rank gets the main rank's error, none hangs
+        ex.start_or_resume("toy", ex.parse_cli(ToyConfig, ["--out", occupied]), name="toy", root=root, quiet=True,
+                           dist_info=info)
+    except ex.UserError as err:
+        result["error"] = str(err)
+    run = ex.start_or_resume("toy", ex.parse_cli(ToyConfig, ["--lr", "0.3"]), name="toy", root=root, quiet=True,
+                             dist_info=info)
+    run.log({"step": 1, "rank": rank})  # only the main rank writes
+    run.save_checkpoint({"w": torch.full((1,), float(rank))}, "toy", step=1)
+    result.update(path=str(run.path), writable=run.writable, lr=run.config.lr)
+    torch.save(result, f"{root}/{rank}.pt")
+
+
+def test_two_gloo_processes_shard_reduce_broadcast_and_share_one_run_folder(tmp_path):
+    """One spawn of two gloo processes (each costs a torch import): the collectives, then the run folder."""
+    from reparam_apps import experiment as ex
+
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "config.json").write_text('{"domain": "toy", "config": {}}')
+    ex.save_checkpoint({}, occupied / "latest.pt", "toy")
+    spawn(_open_run, 2, str(tmp_path), str(occupied))
+    r0, r1 = torch.load(tmp_path / "0.pt"), torch.load(tmp_path / "1.pt")
+    assert sorted(torch.cat([r0["mine"], r1["mine"]]).tolist()) == list(range(10))  # disjoint, complete
+    assert r0["sums"] == r1["sums"] == {"count": 10.0, "loss_sum": 45.0}  # what one process computes
+    assert r0["sent"] == r1["sent"] == "from-0"
+    assert "already holds a run" in r0["error"] and r0["error"] == r1["error"]
+    assert r0["path"] == r1["path"] and (r0["writable"], r1["writable"]) == (True, False)
+    assert r0["lr"] == r1["lr"] == 0.3
+    with open(f"{r0['path']}/metrics.csv") as fh:
+        assert fh.read().splitlines() == ["step,rank", "1,0"]
+    assert ex.load_checkpoint(f"{r0['path']}/latest.pt", "toy")["w"].item() == 0.0  # rank 0's state
