@@ -332,3 +332,99 @@ def test_gumbel_softmax_and_tanh_transforms_match_finite_differences():
     e = torch.randn(5, 3, 2, dtype=torch.float64)
     low, high = torch.tensor([-1.0, 0.0]), torch.tensor([2.0, 4.0])
     assert torch.autograd.gradcheck(lambda m, s: ra.TanhNormal(m, s, low, high).transform(e), (loc, scale))
+
+
+# ---------------------------------------------------------------------------- numerics near the edges
+
+EPS32 = float(torch.finfo(torch.float32).eps)
+
+
+def _tanh_reference(a, loc, scale):
+    """float64 log N(atanh a; loc, scale) - log(1 - a^2) and d/du of its Gaussian part (error propagation)."""
+    u = np.arctanh(a)
+    return stats.norm.logpdf(u, loc, scale) - np.log1p(-a) - np.log1p(a), np.abs(u - loc) / scale**2
+
+
+@pytest.mark.parametrize("bounds", [None, (-1.0, 2.0)])
+def test_tanh_normal_log_prob_as_the_action_nears_the_bounds_matches_float64(bounds):
+    """Actions 2^-1 ... 2^-22 of the half-range from each bound, in float32, against float64 at the same float32
+    points. Error model: each log(1 -+ a) has a few ulp relative error, so |error| <= 4 eps32 (|ref| + |log N'(u)|
+    (|log(1 - a)| + |log(1 + a)|) + 1)."""
+    k = torch.arange(1, 23, dtype=torch.float64)
+    low, high = bounds or (-1.0, 1.0)
+    x32 = torch.cat([high - (high - low) / 2 * 2.0**-k, low + (high - low) / 2 * 2.0**-k]).float()
+    loc, scale = 0.3, 0.8
+    kw = dict(low=torch.tensor(low), high=torch.tensor(high)) if bounds else {}
+    d = ra.TanhNormal(torch.full_like(x32, loc), torch.full_like(x32, scale), event_dims=0, **kw)
+    x = x32.double().numpy()
+    half, mid = (high - low) / 2, (high + low) / 2
+    a = (x - mid) / half  # float64: exact enough at the float32 points
+    ref, slope = _tanh_reference(a, loc, scale)
+    ref = ref - math.log(half)
+    tol = 4 * EPS32 * (np.abs(ref) + slope * (np.abs(np.log1p(-a)) + np.abs(np.log1p(a))) + 1)
+    err = np.abs(d.log_prob(x32).double().numpy() - ref)
+    assert (err <= tol).all(), (err / tol).max()
+
+
+def test_tanh_softplus_log_det_near_the_bounds_matches_log1p_in_float64():
+    # a = 1 - 10^-k: the direct log(1 - tanh(u)^2) loses every digit; the softplus form keeps them.
+    a = 1 - 10.0 ** -torch.arange(1, 16, dtype=torch.float64)
+    a = torch.cat([a, -a])
+    u = 0.5 * (torch.log1p(a) - torch.log1p(-a))  # atanh(a) to ~1 ulp (torch.atanh loses digits near -1)
+    ref = torch.log1p(-a) + torch.log1p(a)  # exact at the float64 a; |du| <= 2 eps |u|
+    tol = 2 * 2 * torch.finfo(torch.float64).eps * u.abs() + 1e-15 * ref.abs()  # d(log det)/du = -2 tanh(u)
+    assert bool(((ra.TanhNormal.log_abs_det_jacobian(u) - ref).abs() <= tol).all())
+
+
+def test_fused_tanh_normal_log_prob_with_saturated_actions_matches_float64():
+    """float32 samples with means far out (tanh(u) == +-1 in float32): the log-density from the noise stays
+    exact; the reference is the float64 change of variables at the same eps. Tolerance: terms of size
+    |u|^2 / scale^2 rounded at eps32 each."""
+    loc = torch.tensor([[-12.0, -6.0, 0.0, 6.0, 12.0]])
+    scale = torch.full((1, 5), 0.7)
+    d = ra.TanhNormal(loc, scale, low=-torch.ones(5), high=2 * torch.ones(5), validate_args=False)
+    torch.manual_seed(4)
+    a, lp = d.rsample_and_log_prob((200,))
+    torch.manual_seed(4)
+    eps = torch.randn(200, 1, 5).double()
+    u = (loc.double() + scale.double() * eps).numpy()
+    log_det = 2 * math.log(2) - 2 * np.logaddexp(u, -u)  # log(1 - tanh(u)^2), exact in float64
+    ref = (stats.norm.logpdf(u, loc.double().numpy(), 0.7) - log_det - math.log(1.5)).sum(-1)
+    assert torch.isfinite(lp).all() and bool(((a >= -1) & (a <= 2)).all())
+    tol = 8 * EPS32 * ((u**2).sum(-1) / 0.49 + 2 * np.abs(u).sum(-1) + 10)
+    assert (np.abs(lp.double().numpy() - ref) <= tol).all()
+
+
+def _concrete_log_density(y, logits, tau):
+    """float64 reference (Maddison et al. 2017, eq. for the Concrete density):
+    log (K-1)! + (K-1) log tau + sum_k (log pi_k - (tau + 1) log y_k) - K log sum_k pi_k y_k^-tau."""
+    k = y.shape[-1]
+    log_pi = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+    log_y = np.log(y)
+    return (math.lgamma(k) + (k - 1) * math.log(tau) + (log_pi - (tau + 1) * log_y).sum(-1)
+            - k * np.logaddexp.reduce(log_pi - tau * log_y, axis=-1))
+
+
+@pytest.mark.parametrize("tiny_logit", [-60.0, -100.0])  # pi ~ 1e-26, and 4e-44 (below float32's normal range)
+def test_gumbel_softmax_with_a_tiny_probability_is_finite_and_correct(tiny_logit):
+    logits = torch.tensor([0.5, 0.0, tiny_logit, 1.0])
+    tau = 0.6
+    d = ra.GumbelSoftmax(logits, tau)
+    y = torch.tensor([[0.3, 0.3, 1e-30, 0.4], [0.1, 0.2, 1e-12, 0.7], [0.25, 0.25, 0.25, 0.25]])
+    ref = _concrete_log_density(y.double().numpy(), logits.double().numpy(), tau)
+    lp = d.log_prob(y)
+    # The log-density's terms are up to |tau log y| ~ 40 and |logit| = 100 in size, each rounded at eps32.
+    assert torch.isfinite(lp).all()
+    np.testing.assert_allclose(lp.double().numpy(), ref, rtol=0, atol=4 * 4 * EPS32 * (100 + 40 * 2))
+    # The noise path: float32 log-density against float64 at the same noise (log-space: finite even
+    # where y underflows to 0).
+    torch.manual_seed(8)
+    y_s, lp_s = d.rsample_and_log_prob((500,))
+    torch.manual_seed(8)
+    eps = d.sample_noise((500,)).double()
+    log_y = torch.log_softmax((logits.double() + eps) / tau, -1)
+    ref_s = _concrete_log_density(log_y.exp().numpy(), logits.double().numpy(), tau)
+    finite = np.isfinite(ref_s)  # float64 y can underflow too at pi = 4e-44: compare where the reference exists
+    assert torch.isfinite(lp_s).all() and finite.mean() > 0.5
+    scale = np.abs(log_y.numpy()).sum(-1)[finite] * (tau + 1) + abs(tiny_logit) + 10
+    assert (np.abs(lp_s.double().numpy()[finite] - ref_s[finite]) <= 8 * EPS32 * scale).all()

@@ -2,7 +2,7 @@
 
     u = loc + scale * eps,   a = tanh(u),   action = mid + half * a                           (1)
     log q(action) = log N(u) - sum log(1 - tanh(u)^2) - sum log half                          (2)
-    log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))   (exact and finite for any |u|)      (3)
+    log(1 - tanh(u)^2) = 2 (log 2 - |u| - softplus(-2|u|))   (exact and finite for any u)  (3)
     F(action) = Phi((atanh((action - mid) / half) - loc) / scale)   per coordinate            (4)
 
 with mid = (high + low) / 2 and half = (high - low) / 2.
@@ -154,8 +154,10 @@ class TanhNormal(ReparamDistribution):
 
     @staticmethod
     def log_abs_det_jacobian(u: Tensor) -> Tensor:
-        """log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), elementwise (3)."""
-        return 2.0 * (LOG2 - u - F.softplus(-2.0 * u))
+        """log(1 - tanh(u)^2) = 2 (log 2 - |u| - softplus(-2|u|)), elementwise (3) (even in u). With |u|,
+        softplus only sees arguments <= 0, below torch's linear cut-off at 20 that drops log1p(e^-2|u|)."""
+        abs_u = u.abs()
+        return 2.0 * (LOG2 - abs_u - F.softplus(-2.0 * abs_u))
 
     def _log_det(self, u: Tensor) -> Tensor:
         ld = self.log_abs_det_jacobian(u)
@@ -169,10 +171,21 @@ class TanhNormal(ReparamDistribution):
         return value if self.low is None else (value - self._mid) / self._half_range
 
     def _log_prob_elementwise(self, value: Tensor) -> Tensor:
-        a = self._unsquash(value)
-        bound = 1.0 - torch.finfo(a.dtype).eps  # boundary actions (|a| = 1) get a finite density
-        u = torch.atanh(a.clamp(-bound, bound))
-        return self.base._log_prob_elementwise(u) - self._log_det(u)
+        # (2) through the distances to the bounds, 1 -+ a = (high - action) / half, (action - low) / half:
+        # exact differences near a bound, where (action - mid) / half would round 1 - a away in float32.
+        # u = atanh(a) = (log(1 + a) - log(1 - a)) / 2 and log(1 - a^2) = log(1 - a) + log(1 + a).
+        # Boundary actions (|a| = 1) are clamped to |a| = 1 - eps: a finite density.
+        eps = torch.finfo(value.dtype).eps
+        if self.low is None:
+            one_minus, one_plus = 1.0 - value, 1.0 + value
+        else:
+            one_minus, one_plus = (self.high - value) / self._half_range, (value - self.low) / self._half_range
+        log_minus, log_plus = one_minus.clamp(eps, 2.0 - eps).log(), one_plus.clamp(eps, 2.0 - eps).log()
+        u = 0.5 * (log_plus - log_minus)
+        log_det = log_minus + log_plus
+        if self._log_half_range is not None:
+            log_det = log_det + self._log_half_range
+        return self.base._log_prob_elementwise(u) - log_det
 
     def _cdf_elementwise(self, value: Tensor) -> Tensor:
         u = torch.atanh(self._unsquash(value).clamp(-1.0, 1.0))  # +-inf at and beyond the bounds: F = 0 or 1
