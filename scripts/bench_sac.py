@@ -16,21 +16,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from agents.sac import SAC, evaluate, make_env  # noqa: E402
-from reparam_apps import UserError, run_cli, set_threads  # noqa: E402
-from reparam_apps.plotting import plot_curves  # noqa: E402
+from agents import SAC, evaluate_policy, make_env
+from reparam_apps import UserError, run_cli, set_threads
+from reparam_apps.experiment import plot_curves
 
 HYPER = dict(learning_rate=1e-3, batch_size=256, learning_starts=100, tau=0.005, gamma=0.99,
              train_freq=1, gradient_steps=1, buffer_size=1_000_000)
@@ -45,7 +39,7 @@ def run_ours(env_id: str, seed: int, eval_at: list[int], episodes: int, bf16: bo
         t0 = time.perf_counter()
         model.learn(step)
         train_s += time.perf_counter() - t0
-        returns[step] = float(evaluate(model, eval_env, episodes, seed=10_000).mean())
+        returns[step] = float(evaluate_policy(model, eval_env, episodes, seed=10_000).mean())
     eval_env.close()
     model.close()
     return {"steps_per_s": eval_at[-1] / train_s, "returns": returns, "episodes": model.episode_returns}
@@ -64,7 +58,7 @@ def run_sb3(env_id: str, seed: int, eval_at: list[int], episodes: int) -> dict[s
         model.learn(step - done, reset_num_timesteps=done == 0)
         train_s += time.perf_counter() - t0
         done = step
-        returns[step] = float(evaluate(model, eval_env, episodes, seed=10_000).mean())
+        returns[step] = float(evaluate_policy(model, eval_env, episodes, seed=10_000).mean())
     eval_env.close()
     monitor = model.get_env().envs[0]  # SB3 wraps the env in a Monitor: every episode's return
     episodes_log = [float(r) for r in monitor.get_episode_rewards()]

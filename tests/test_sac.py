@@ -13,9 +13,21 @@ import torch
 import torch.nn.functional as F
 from stable_baselines3.common.distributions import SquashedDiagGaussianDistribution
 
-from agents import SAC, CriticEnsemble, ReplayBuffer, StopOnReturn, config_for
+from agents import (
+    SAC,
+    Callback,
+    CheckpointCallback,
+    CriticEnsemble,
+    EvalCallback,
+    ReplayBuffer,
+    SACConfig,
+    StopOnReturn,
+    config_for,
+    evaluate_policy,
+)
 from agents.sac import polyak_update
-from reparam_apps import CheckpointError, TanhNormal
+from reparam_apps import CheckpointError, DivergenceError, TanhNormal
+from reparam_apps import experiment as ex
 
 SMALL = dict(hidden_sizes=(32, 32), batch_size=32, learning_starts=50, total_steps=400, device="cpu")
 
@@ -223,17 +235,19 @@ def test_load_rejects_other_env_and_corrupt_files(tmp_path):
 def test_learn_continues_after_load_identically(tmp_path):
     a = SAC("Pendulum-v1", seed=1, **SMALL)
     rows_a = []
-    a.learn(400, callback=lambda m, r: rows_a.append(r), log_every=100)
+    a.learn(300, callback=lambda m, r: rows_a.append(r), log_every=100)
     b = SAC("Pendulum-v1", seed=1, **SMALL)
     rows_b = []
-    b.learn(200, callback=lambda m, r: rows_b.append(r), log_every=100)
+    b.learn(300, callback=[lambda m, r: rows_b.append(r), StopAt(150)], log_every=100)  # stopped mid-window
+    assert b.num_timesteps == 150
     b.save(tmp_path / "mid.pt")
     c = SAC.load(tmp_path / "mid.pt")
-    c.learn(400, callback=lambda m, r: rows_b.append(r), log_every=100)
+    c.learn(300, callback=lambda m, r: rows_b.append(r), log_every=100)
+
     def strip(rows):  # repr: nan == nan; wall-clock keys dropped
         return [repr({k: v for k, v in r.items() if k not in ("steps_per_s", "time_s")}) for r in rows]
 
-    assert len(rows_a) == 4 and strip(rows_a) == strip(rows_b)
+    assert len(rows_a) == 3 and strip(rows_a) == strip(rows_b)
     obs = np.zeros((1, 3), np.float32)
     np.testing.assert_array_equal(a.predict(obs)[0], c.predict(obs)[0])
     for m in (a, b, c):
@@ -251,21 +265,126 @@ def test_callback_can_stop_and_vector_envs():
 
 @pytest.mark.parametrize("bad, match", [
     (dict(learning_rate=-1e-3), "learning_rate must be positive"),
+    (dict(learning_rate=float("inf")), "learning_rate must be positive and finite"),
+    (dict(critic_lr=float("nan")), "critic_lr must be positive and finite"),
+    (dict(actor_lr=0.0), "actor_lr must be positive"),
+    (dict(target_entropy=float("nan")), "target_entropy must be a finite number"),
     (dict(batch_size=0), "batch_size must be positive"),
+    (dict(total_steps=1000.5), "total_steps must be an integer"),
+    (dict(num_envs=0), "num_envs must be positive"),
     (dict(batch_size=512, buffer_size=100), "larger than buffer_size"),
     (dict(tau=1.5), "tau must be in"),
     (dict(gamma=1.2), "gamma must be in"),
     (dict(learning_starts=30_000), "would never take a gradient step"),
     (dict(hidden_sizes=(64, 0)), "hidden_sizes"),
+    (dict(hidden_sizes=()), "hidden_sizes"),
     (dict(alpha=0.0), "alpha must be positive"),
+    (dict(seed=-1), "seed must be a non-negative integer"),
+    (dict(bf16="yes"), "bf16 must be True or False"),
     (dict(lerning_rate=1e-3), "did you mean 'learning_rate'"),
 ])
 def test_bad_hyperparameters(bad, match):
     with pytest.raises(ValueError, match=match):
         config_for("Pendulum-v1", **bad)
+    if "lerning_rate" not in bad:  # the same check guards every way a config is made or changed
+        with pytest.raises(ValueError, match=match):
+            SACConfig.for_env("Pendulum-v1").replace(**bad)
 
 
 def test_env_table_and_overrides():
     assert config_for("Pendulum-v1").learning_rate == 1e-3 and config_for("Pendulum-v1").total_steps == 20_000
     assert config_for("Pendulum-v1", learning_rate=5e-4).learning_rate == 5e-4
-    assert config_for("Hopper-v5").learning_rate == 3e-4
+    assert config_for("Pendulum-v1", total_steps=None).total_steps == 20_000  # None: the default
+    assert config_for("Hopper-v5").learning_rate == 3e-4 and config_for("Hopper-v5").learning_starts == 10_000
+    assert config_for("MountainCarContinuous-v0", gamma=0.5).gamma == 0.5
+    assert config_for("Pendulum-v1", hidden_sizes=[8, 4]).hidden_sizes == (8, 4)
+
+
+def test_a_config_object_and_keywords_build_the_same_model():
+    cfg = SACConfig.for_env("Pendulum-v1", seed=4, **SMALL)
+    a, b = SAC(cfg), SAC("Pendulum-v1", seed=4, **SMALL)
+    assert a.config is cfg and a.config == b.config and cfg.learning_rate == 1e-3  # the env's default
+    for p, q in zip(a.actor.parameters(), b.actor.parameters(), strict=True):
+        assert torch.equal(p, q)
+    c = SAC(cfg, tau=0.1)
+    assert c.config.tau == 0.1 and cfg.tau == 0.005  # keywords override a copy
+    with pytest.raises(ValueError, match="did you mean 'learning_rate'"):
+        SAC(cfg, lerning_rate=1e-3)
+    for m in (a, b, c):
+        m.close()
+
+
+# -- the divergence guard ------------------------------------------------------------------------------
+class NaNRewardEnv(gym.Env):
+    """Reward NaN at step 30, 0 otherwise; records every action it receives."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self):
+        self.t, self.actions = 0, []
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.array([self.t / 100], np.float32), {}
+
+    def step(self, action):
+        self.actions.append(np.array(action))
+        self.t += 1
+        return np.array([self.t / 100], np.float32), float("nan") if self.t == 30 else 0.0, False, False, {}
+
+
+def test_a_nan_reward_stops_training_before_a_nan_action_reaches_the_env():
+    env = NaNRewardEnv()
+    model = SAC(env, seed=0, **{**SMALL, "learning_starts": 40})
+    with pytest.raises(DivergenceError, match=r"training diverged at step \d+: the policy's action is NaN"):
+        model.learn(400, log_every=100)
+    assert 40 < model.num_timesteps < 400 and len(env.actions) == model.num_timesteps
+    assert all(np.isfinite(a).all() for a in env.actions)
+    # The logged window's losses are checked too (a NaN that has not reached the policy yet).
+    model._window.update(stats=torch.tensor([float("nan"), 1.0, 0.5, 0.1]), updates=2)
+    with pytest.raises(DivergenceError, match=rf"diverged at step {model.num_timesteps}: critic_loss is nan"):
+        model._flush_window()
+    model.close()
+
+
+# -- library callbacks -----------------------------------------------------------------------------------
+class StopAt(Callback):
+    def __init__(self, step: int):
+        self.step, self.ends = step, []
+
+    def on_step(self, model):
+        return model.num_timesteps < self.step
+
+    def on_training_end(self, model, interrupted):
+        self.ends.append(interrupted)
+
+
+def test_eval_and_checkpoint_callbacks(tmp_path):
+    model = SAC("Pendulum-v1", seed=0, **{**SMALL, "learning_starts": 399})  # one update: fast
+    rows = []
+    ev = EvalCallback("Pendulum-v1", eval_every=150, n_eval_episodes=1, best_model_path=tmp_path / "best.pt",
+                      on_eval=rows.append)
+    ck = CheckpointCallback(150, path=tmp_path / "latest.pt")
+    end = StopAt(10**9)
+    model.learn(400, callback=[ev, ck, end], log_every=100)
+    # First logged window past each multiple of 150 (200, 300), then the end of training (400).
+    assert [r["step"] for r in rows] == [200, 300, 400] and end.ends == [False]
+    assert rows[-1]["eval_mean"] == pytest.approx(evaluate_policy(model, "Pendulum-v1", 1).mean())
+    assert ev.best_mean == max(r["eval_mean"] for r in rows)
+    best_step = max(rows, key=lambda r: r["eval_mean"])["step"]
+    assert ex.load_checkpoint(tmp_path / "best.pt", "sac")["counters"]["num_timesteps"] == best_step
+    assert ex.load_checkpoint(tmp_path / "latest.pt", "sac")["counters"]["num_timesteps"] == 400
+    assert ex.load_checkpoint(tmp_path / "latest.previous.pt", "sac")["counters"]["num_timesteps"] == 300
+    ev.close()
+    # Interrupted (on_step returned False): a checkpoint at that step, no final evaluation.
+    model = SAC("Pendulum-v1", seed=0, **{**SMALL, "learning_starts": 399})
+    rows.clear()
+    ev = EvalCallback("Pendulum-v1", eval_every=150, n_eval_episodes=1, on_eval=rows.append)
+    ck = CheckpointCallback(150, path=tmp_path / "cut.pt")
+    stop = StopAt(250)
+    model.learn(400, callback=[stop, ev, ck], log_every=100)
+    assert model.num_timesteps == 250 and stop.ends == [True] and [r["step"] for r in rows] == [200]
+    assert SAC.load(tmp_path / "cut.pt").num_timesteps == 250
+    ev.close()
+    model.close()

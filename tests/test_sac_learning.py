@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents import SAC, evaluate
+from agents import SAC, evaluate_policy
 
 RANDOM_POLICY_RETURN = -1200.0  # Pendulum-v1 with uniform random actions: about -1200 per episode
 THRESHOLD = -400.0  # SB3 / the RL zoo reach about -160 at 20k steps; a learned swing-up scores above -400
@@ -17,14 +17,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_pendulum_learns_within_a_few_thousand_steps():
     # The RL-zoo Pendulum settings (lr 1e-3, batch 256, UTD 1) with 64-unit layers to fit the CI budget.
     model = SAC("Pendulum-v1", seed=0, hidden_sizes=(64, 64), total_steps=6000, device="cpu")
-    first = evaluate(model, "Pendulum-v1", episodes=5)
+    first = evaluate_policy(model, "Pendulum-v1", episodes=5)
     assert first.mean() < -600  # the untrained policy is bad, so the threshold below means learning
 
     def stop_when_solved(m: SAC, metrics: dict) -> bool:  # every 1000 steps from 3000 on
-        return m.num_timesteps < 3000 or evaluate(m, "Pendulum-v1", episodes=5, seed=500).mean() < THRESHOLD + 100
+        solved = evaluate_policy(m, "Pendulum-v1", episodes=5, seed=500).mean() >= THRESHOLD + 100
+        return m.num_timesteps < 3000 or not solved
 
     model.learn(6000, callback=stop_when_solved, log_every=1000)
-    returns = evaluate(model, "Pendulum-v1", episodes=10)  # other seeds than the stopping check
+    returns = evaluate_policy(model, "Pendulum-v1", episodes=10)  # other seeds than the stopping check
     assert returns.mean() > THRESHOLD, (model.num_timesteps, returns)
     assert returns.mean() > RANDOM_POLICY_RETURN + 600
     model.close()
@@ -46,7 +47,7 @@ def test_mujoco_half_cheetah_runs(tmp_path):
     np.testing.assert_array_equal(loaded.predict(obs)[0], action)
     loaded.learn(1600)  # continues (fresh episodes if the MuJoCo env could not be pickled)
     assert loaded.num_timesteps == 1600
-    returns = evaluate(loaded, "HalfCheetah-v5", episodes=1)
+    returns = evaluate_policy(loaded, "HalfCheetah-v5", episodes=1)
     assert np.isfinite(returns).all()
     model.close()
     loaded.close()

@@ -1,7 +1,7 @@
 """Classic bugs for scripts/mutation_check.py: each mutant must make the listed tests fail.
 
-One mutant per classic SAC bug; every ``find`` occurs exactly once in its ``path``. If ``agents/sac.py``
-is split into modules, move each ``path`` to the file that then holds the text.
+One mutant per classic SAC bug; every ``find`` occurs exactly once in its ``path`` (``agents/sac.py`` holds
+the update and the rollout, ``agents/networks.py`` Polyak averaging).
 """
 
 EQ = "tests/test_sac_equations.py"
@@ -73,7 +73,7 @@ MUTANTS = [
     },
     {
         "name": "sac-polyak-tau-swapped",
-        "path": "agents/sac.py",
+        "path": "agents/networks.py",
         "find": "torch._foreach_lerp_(target_params, params, tau)",
         "replace": "torch._foreach_lerp_(target_params, params, 1.0 - tau)",
         "tests": [f"{EQ}::test_update_polyak_averages_the_target_critics"],
