@@ -19,9 +19,7 @@ Shapes: B = batch size, n = number of critics, O = observation dim, A = action d
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
-import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from reparam_apps import experiment as ex
 from reparam_apps import seed_everything, select_device, set_threads
 from reparam_apps.experiment.guard import LIKELY_CAUSE
 
+from . import persistence
 from .buffer import ReplayBuffer
 from .callbacks import Callback, as_callback
 from .config import ENV_DEFAULTS, SACConfig, config_for
@@ -314,30 +313,7 @@ class SAC:
     def checkpoint_state(self, include_buffer: bool = True) -> dict[str, Any]:
         """Config, networks, optimiser, step counters, and (by default) the replay buffer, RNG states, the
         environments and the current log window: all ``from_checkpoint`` needs to continue the same run."""
-        state: dict[str, Any] = {
-            "config": {f.name: getattr(self.config, f.name) for f in dataclasses.fields(SACConfig)},
-            "spaces": {"obs_dim": self.obs_dim, "act_low": self.act_low, "act_high": self.act_high},
-            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach().cpu(),
-            "optimizer": self.optimizer.state_dict(),
-            "counters": {"num_timesteps": self.num_timesteps, "num_updates": self.num_updates,
-                         "num_episodes": self.num_episodes},
-        }
-        if include_buffer:
-            try:
-                envs_blob = pickle.dumps(self.envs)
-            except Exception:  # some envs (e.g. MuJoCo handles) cannot be pickled: resume starts new episodes
-                envs_blob = None
-            w = self._window
-            state["training"] = {
-                "buffer": self.buffer.state_dict(), "np_rng": self.rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-                "obs": self._obs, "ep_return": self._ep_return, "ep_length": self._ep_length, "envs": envs_blob,
-                "window": {"returns": w["returns"], "lengths": w["lengths"], "updates": w["updates"],
-                           "stats": w["stats"].cpu() if w["stats"] is not None else None},
-            }
-        return state
+        return persistence.capture(self, include_buffer)
 
     def save(self, path: str | Path, include_buffer: bool = True, keep_previous: bool = False) -> None:
         """Atomic, checksummed checkpoint (``checkpoint_state``); ``keep_previous`` keeps the last good file."""
@@ -349,17 +325,8 @@ class SAC:
         """Load a checkpoint written by ``save``. ``env`` (id or instance) must match the checkpoint's;
         ``overrides`` change config values for further training (e.g. total_steps)."""
         ckpt = ex.load_checkpoint(path, "sac")
-        config = _saved_config(ckpt, path)
-        if isinstance(env, str) and env != config.env_id:
-            raise ex.CheckpointError(f"{path} was trained on {config.env_id}, not {env}")
-        if isinstance(env, gym.Env):
-            space, spaces = env.action_space, ckpt["spaces"]
-            if (not isinstance(space, gym.spaces.Box) or space.shape != spaces["act_low"].shape
-                    or int(np.prod(env.observation_space.shape)) != spaces["obs_dim"]
-                    or not np.allclose(space.low, spaces["act_low"])
-                    or not np.allclose(space.high, spaces["act_high"])):
-                raise ex.CheckpointError(f"{path} was trained on {config.env_id}, whose spaces differ from the "
-                                         "given env's")
+        config = persistence.saved_config(ckpt, path)
+        persistence.check_env(ckpt, config.env_id, env, path)
         config = config.replace(device=device, **overrides)
         return cls.from_checkpoint(ckpt, config, env=env if isinstance(env, gym.Env) else None, source=path)
 
@@ -368,53 +335,14 @@ class SAC:
                         source: Any = "the checkpoint") -> SAC:
         """A model continuing the state ``checkpoint_state`` captured (the saved environments too, when they
         could be stored and no ``env`` instance is given). ``config`` may differ in MAY_CHANGE_ON_RESUME fields."""
-        config = config if config is not None else _saved_config(ckpt, source)
-        tr = ckpt.get("training")
-        envs = None
-        if env is None and tr is not None and tr.get("envs") is not None:
-            try:
-                envs = pickle.loads(tr["envs"])
-            except Exception as err:
-                raise ex.CheckpointError(f"{source}: its environments cannot be restored ({err})") from None
+        config = config if config is not None else persistence.saved_config(ckpt, source)
+        envs = persistence.saved_envs(ckpt, source) if env is None else None
         model = cls(config, vec_env=wrap_env(env) if env is not None else envs)
-        try:
-            model.actor.load_state_dict(ckpt["actor"])
-            model.critic.load_state_dict(ckpt["critic"])
-            model.critic_target.load_state_dict(ckpt["critic_target"])
-            with torch.no_grad():
-                model.log_alpha.copy_(ckpt["log_alpha"])
-            model.optimizer.load_state_dict(ckpt["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ex.CheckpointError(f"{source} does not match this SAC configuration ({first})") from None
-        c = ckpt["counters"]
-        model.num_timesteps, model.num_updates = c["num_timesteps"], c["num_updates"]
-        model.num_episodes = c["num_episodes"]
-        if tr is not None:
-            model.buffer.load_state_dict(tr["buffer"])
-            model.rng.bit_generator.state = tr["np_rng"]
-            torch.set_rng_state(tr["torch_rng"])
-            if tr["cuda_rng"] is not None and model.device.type == "cuda":
-                torch.cuda.set_rng_state_all(tr["cuda_rng"])
-            if envs is not None:
-                model._obs, model._ep_return, model._ep_length = tr["obs"], tr["ep_return"], tr["ep_length"]
-            else:  # the env state could not be stored: start fresh episodes, seeded by the step count
-                model._obs, _ = model.envs.reset(seed=model.config.seed + model.num_timesteps)
-            w = tr["window"]
-            model._window.update(returns=list(w["returns"]), lengths=list(w["lengths"]), updates=w["updates"],
-                                 stats=w["stats"].to(model.device) if w["stats"] is not None else None)
+        persistence.restore(model, ckpt, envs_restored=envs is not None, source=source)
         return model
 
     def close(self) -> None:
         self.envs.close()
-
-
-def _saved_config(ckpt: dict[str, Any], source: Any) -> SACConfig:
-    try:
-        return ex.config_from_dict(SACConfig, ckpt["config"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ex.CheckpointError(f"{source} holds no usable SAC config ({err}); it is not a SAC checkpoint of "
-                                 "this version") from None
 
 
 def _adam(groups: list[dict[str, Any]]) -> torch.optim.Adam:
