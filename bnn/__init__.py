@@ -8,7 +8,8 @@
 """
 
 from .config import BNNConfig
-from .elbo import ELBOTerms, blundell_kl_weight, elbo_loss
+from .convert import bayesianize
+from .elbo import BBBLossTerms, blundell_kl_weight, elbo_loss
 from .layers import (
     DEFAULT_INIT_RHO,
     KL_METHODS,
@@ -18,11 +19,10 @@ from .layers import (
     BayesLayer,
     BayesLinear,
     bayes_layers,
-    bayesianize,
     frozen_noise,
     inverse_softplus,
-    kl_divergence,
     mean_weights,
+    model_kl,
     resample_frozen,
     set_noise,
     set_sampling,
@@ -48,11 +48,11 @@ from .uci import UCI_DATASETS, UCISplit, load_uci_split, uci_n_splits
 
 __all__ = [
     "BayesLayer", "BayesLinear", "BayesConv2d", "SAMPLING_MODES", "NOISE_MODES", "KL_METHODS", "DEFAULT_INIT_RHO",
-    "inverse_softplus", "bayes_layers", "kl_divergence", "set_sampling", "set_noise", "mean_weights",
+    "inverse_softplus", "bayes_layers", "model_kl", "set_sampling", "set_noise", "mean_weights",
     "frozen_noise", "resample_frozen", "bayesianize",
     "Prior", "GaussianPrior", "ScaleMixturePrior",
     "Likelihood", "CategoricalLikelihood", "GaussianLikelihood", "HeteroscedasticGaussianLikelihood",
-    "ELBOTerms", "elbo_loss", "blundell_kl_weight",
+    "BBBLossTerms", "elbo_loss", "blundell_kl_weight",
     "predict", "RegressionPrediction", "ClassificationPrediction", "accuracy", "categorical_nll", "brier_score",
     "expected_calibration_error", "reliability_bins", "rmse", "gaussian_log_likelihood", "interval_coverage",
     "prune_by_snr",

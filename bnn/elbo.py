@@ -18,14 +18,14 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from .layers import kl_divergence
+from .layers import model_kl
 from .likelihoods import Likelihood
 
-__all__ = ["ELBOTerms", "elbo_loss", "blundell_kl_weight"]
+__all__ = ["BBBLossTerms", "elbo_loss", "blundell_kl_weight"]
 
 
 @dataclass
-class ELBOTerms:
+class BBBLossTerms:
     """loss = nll + kl_weight * kl / n_data; all per example except ``kl`` (the whole model's KL)."""
 
     loss: Tensor
@@ -49,7 +49,7 @@ def blundell_kl_weight(batch_index: int, n_batches: int) -> float:
 
 
 def elbo_loss(model: nn.Module, likelihood: Likelihood, x: Tensor, y: Tensor, n_data: int,
-              n_samples: int = 1, kl_weight: float = 1.0) -> ELBOTerms:
+              n_samples: int = 1, kl_weight: float = 1.0) -> BBBLossTerms:
     """Per-example negative ELBO of a minibatch: mean NLL + kl_weight * KL / n_data, averaged over
     ``n_samples`` forward passes (each with its own weight sample and the KL of that sample).
 
@@ -70,9 +70,9 @@ def elbo_loss(model: nn.Module, likelihood: Likelihood, x: Tensor, y: Tensor, n_
     for _ in range(n_samples):
         output = model(x)
         nll_s = likelihood.nll(output, y).mean()  # mean over the batch: estimates (1/N) sum_n
-        kl_s = kl_divergence(model)  # KL of the sample just used
+        kl_s = model_kl(model)  # KL of the sample just used
         nll, kl = (nll_s, kl_s) if nll is None else (nll + nll_s, kl + kl_s)
     if n_samples > 1:  # no graph nodes for a division by 1: a hot path
         nll, kl = nll / n_samples, kl / n_samples
     loss = nll + kl * (kl_weight / n_data)  # per-example negative ELBO
-    return ELBOTerms(loss=loss, nll=nll.detach(), kl=kl.detach(), kl_weight=float(kl_weight), n_data=n_data)
+    return BBBLossTerms(loss=loss, nll=nll.detach(), kl=kl.detach(), kl_weight=float(kl_weight), n_data=n_data)

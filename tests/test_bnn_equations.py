@@ -252,7 +252,7 @@ def test_model_kl_is_the_sum_of_the_layers_and_each_forward_feeds_one_kl():
     for i, layer in enumerate(layers):
         _set_params(layer, seed=10 + i)
     net(torch.randn(5, 3))
-    total = bnn.kl_divergence(net)
+    total = bnn.model_kl(net)
     ref = sum(_reference_kl(layer, 0.0, s)[0] for layer, s in zip(layers, (0.5, 1.0, 1.0), strict=True))
     assert total.item() == pytest.approx(ref.item(), rel=1e-5)
     total.backward()

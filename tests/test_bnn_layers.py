@@ -2,6 +2,7 @@
 weight sampling, gradient flow, noise modes, bayesianize, pruning."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -119,13 +120,13 @@ def test_gaussian_prior_log_prob_matches_scipy():
     np.testing.assert_allclose(got, stats.norm.logpdf(w.numpy(), 0.2, 0.3), rtol=1e-12)
 
 
-def test_kl_divergence_of_model_sums_layers_and_mixture_prior_under_local_has_kl_and_gradient():
+def test_model_kl_sums_layers_and_mixture_prior_under_local_has_kl_and_gradient():
     torch.manual_seed(0)
     net = nn.Sequential(BayesLinear(4, 6, sampling="local", prior=bnn.ScaleMixturePrior()), nn.ReLU(),
                         BayesLinear(6, 2, sampling="local"))
     x = torch.randn(8, 4)
     net(x)
-    kl = bnn.kl_divergence(net)
+    kl = bnn.model_kl(net)
     assert torch.isfinite(kl) and kl.item() > 0  # the mixture layer's KL is not dropped
     kl.backward()
     assert net[0].weight_rho.grad is not None and net[0].weight_rho.grad.abs().sum() > 0
@@ -137,7 +138,7 @@ def test_kl_divergence_of_model_sums_layers_and_mixture_prior_under_local_has_kl
         kl_0, kl_2 = net[0].kl_divergence(), net[2].kl_divergence()
         net(x)
         torch.manual_seed(5)
-        total = bnn.kl_divergence(net)
+        total = bnn.model_kl(net)
         closed = sum(torch.distributions.kl_divergence(torch.distributions.Normal(m, F.softplus(r)),
                                                        torch.distributions.Normal(0.0, 1.0)).sum()
                      for m, r in ((net[2].weight_mu, net[2].weight_rho), (net[2].bias_mu, net[2].bias_rho)))
@@ -145,7 +146,7 @@ def test_kl_divergence_of_model_sums_layers_and_mixture_prior_under_local_has_kl
     assert kl_0.item() != 0.0 and abs(kl_0.item()) > 1e-3 * abs(kl_2.item())  # so dropping it shows
     assert total.item() == pytest.approx(kl_0.item() + kl_2.item(), rel=1e-6)
     with pytest.raises(ValueError, match="no Bayesian layers"):
-        bnn.kl_divergence(nn.Linear(2, 2))
+        bnn.model_kl(nn.Linear(2, 2))
 
 
 # -- sampling modes vs explicit weight sampling -------------------------------------------------
@@ -320,6 +321,37 @@ def test_bayesianize_preserves_architecture_and_moped_with_tiny_sigma_preserves_
     assert isinstance(single, BayesLinear) and torch.equal(single.weight_mu, bare.weight)
 
 
+class _Scaled(nn.Module):
+    """A module with a parameter of its own around a convertible child."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+        self.inner = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.scale * self.inner(x)
+
+
+def test_bayesianize_warns_about_every_module_it_leaves_deterministic():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.BatchNorm2d(2, affine=False), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(2, 3), nn.LayerNorm(3), _Scaled(), bnn.BayesLinear(3, 2))
+    with pytest.warns(UserWarning, match="left 3 module") as record:
+        bnn.bayesianize(net)
+    message = str(record[0].message)
+    for left in ("1 (BatchNorm2d)", "6 (LayerNorm)", "7 (_Scaled)"):
+        assert left in message
+    assert "2 (BatchNorm2d)" not in message  # no parameters (affine=False): nothing left out
+    assert isinstance(net[0], BayesConv2d) and isinstance(net[5], BayesLinear) and isinstance(net[7].inner, BayesLinear)
+    root = _Scaled()
+    with pytest.warns(UserWarning, match=r"<root> \(_Scaled\)"):
+        bnn.bayesianize(root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # only convertible layers: no warning
+        bnn.bayesianize(_Net())
+        bnn.bayesianize(nn.Linear(2, 2))
+
+
 # -- pruning ----------------------------------------------------------------------------------
 def test_prune_by_snr_removes_the_lowest_snr_weights():
     torch.manual_seed(0)
@@ -484,7 +516,7 @@ def test_native_fused_linear_gives_the_numbers_of_the_per_tensor_path():
         results.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
         torch.manual_seed(1)
         outputs.append(net(x).detach())
-        kls.append(bnn.kl_divergence(net).detach())
+        kls.append(bnn.model_kl(net).detach())
     assert torch.equal(results[0], results[1])
     assert torch.equal(outputs[0], outputs[1])
     torch.testing.assert_close(kls[0], kls[1], rtol=2 * 2.0**-24, atol=0)

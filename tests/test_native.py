@@ -195,7 +195,7 @@ def test_kl_alone_has_gradients_and_bad_input_is_rejected():
 def test_switch_off_falls_back_cleanly():
     code = ("from reparam_apps import native; import bnn, torch;"
             "print(native.available(), native.unavailable_reason());"
-            "layer = bnn.BayesLinear(3, 2); y = layer(torch.randn(4, 3)); bnn.kl_divergence(layer).backward()")
+            "layer = bnn.BayesLinear(3, 2); y = layer(torch.randn(4, 3)); bnn.model_kl(layer).backward()")
     env = {**os.environ, "REPARAM_APPS_NATIVE": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -210,7 +210,7 @@ def test_bayes_linear_uses_the_kernel_with_its_noise_stream():
     x = torch.randn(5, 20)
     torch.manual_seed(4)
     y = layer(x)
-    kl = bnn.kl_divergence(layer)
+    kl = bnn.model_kl(layer)
     torch.manual_seed(4)
     eps_w = native.standard_normal((7, 20), native.new_key())
     eps_b = native.standard_normal((7,), native.new_key())

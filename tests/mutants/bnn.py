@@ -45,7 +45,7 @@ MUTANTS = [
     },
     {
         "name": "bnn-fused-kl-log-sigma-sign-flipped",
-        "path": "bnn/layers.py",
+        "path": "bnn/_backends.py",
         "find": "(math.log(scale_p) - 0.5) - sigma.log().sum()",
         "replace": "(math.log(scale_p) - 0.5) + sigma.log().sum()",
         "tests": [_EQ + "test_closed_form_kl_and_its_gradient_match_torch_distributions"],
@@ -56,7 +56,7 @@ MUTANTS = [
         "find": "for layer in layers[1:]:",
         "replace": "for layer in layers:",
         "tests": ["tests/test_bnn_layers.py::"
-                  "test_kl_divergence_of_model_sums_layers_and_mixture_prior_under_local_has_kl_and_gradient"],
+                  "test_model_kl_sums_layers_and_mixture_prior_under_local_has_kl_and_gradient"],
     },
     {
         "name": "bnn-model-kl-detaches-later-layers",
@@ -68,16 +68,16 @@ MUTANTS = [
     # -- local reparameterization: variance x^2 sigma^2, on each path that has its own code --------------------------
     {
         "name": "bnn-local-variance-sigma-not-squared-eager",
-        "path": "bnn/layers.py",
-        "find": "delta = self._affine(x.square(), self._masked(w_sigma.square()),",
-        "replace": "delta = self._affine(x.square(), self._masked(w_sigma),",
+        "path": "bnn/_backends.py",
+        "find": "return sigma.square(), None  # (3)",
+        "replace": "return sigma, None  # (3)",
         "tests": [_MOMENTS + "[linear-local-eager]"],
     },
     {
         "name": "bnn-local-variance-sigma-not-squared-fused",
-        "path": "bnn/layers.py",
-        "find": "out = sigma.square()  # sigma^2",
-        "replace": "out = sigma  # sigma^2",
+        "path": "bnn/_backends.py",
+        "find": "out = sigma.square()  # (3)",
+        "replace": "out = sigma  # (3)",
         "tests": [_MOMENTS + "[linear-local-fused]"],
     },
     {  # the core's native kernel (recompiled on first use: a new source hash)
@@ -87,55 +87,49 @@ MUTANTS = [
         "replace": "(kind == 1 ? sigma * z : sigma));",
         "tests": [_MOMENTS + "[linear-local-native]"],
     },
-    # -- Flipout: both sign flips, on the eager and the fused/native code ------------------------------------------
+    # -- Flipout: both sign flips (one line serves every backend) --------------------------------------------------
     {
-        "name": "bnn-flipout-no-output-signs-eager",
+        "name": "bnn-flipout-no-output-signs",
         "path": "bnn/layers.py",
-        "find": "self._affine(x * sign_in, self._masked(delta_w), delta_b) * sign_out",
-        "replace": "self._affine(x * sign_in, self._masked(delta_w), delta_b)",
+        "find": "self._affine(x * sign_in, self._masked(terms.weight), terms.bias) * sign_out",
+        "replace": "self._affine(x * sign_in, self._masked(terms.weight), terms.bias)",
         "tests": [_FLIPOUT + "[eager]"],
     },
     {
-        "name": "bnn-flipout-no-input-signs-eager",
+        "name": "bnn-flipout-no-input-signs",
         "path": "bnn/layers.py",
-        "find": "self._affine(x * sign_in, self._masked(delta_w), delta_b) * sign_out",
-        "replace": "self._affine(x, self._masked(delta_w), delta_b) * sign_out",
-        "tests": [_FLIPOUT + "[eager]"],
-    },
-    {
-        "name": "bnn-flipout-no-output-signs-fused",
-        "path": "bnn/layers.py",
-        "find": "self._affine(x * sign_in, w_term, delta_b) * sign_out",
-        "replace": "self._affine(x * sign_in, w_term, delta_b)",
-        "tests": [_FLIPOUT + "[fused]"],
-    },
-    {
-        "name": "bnn-flipout-no-input-signs-fused",
-        "path": "bnn/layers.py",
-        "find": "self._affine(x * sign_in, w_term, delta_b) * sign_out",
-        "replace": "self._affine(x, w_term, delta_b) * sign_out",
+        "find": "self._affine(x * sign_in, self._masked(terms.weight), terms.bias) * sign_out",
+        "replace": "self._affine(x, self._masked(terms.weight), terms.bias) * sign_out",
         "tests": [_FLIPOUT + "[fused]"],
     },
     # -- a missing gradient (an extra detach, a non-reparameterized sample) ------------------------------------------
     {
         "name": "bnn-reparam-eager-sample-not-reparameterized",
-        "path": "bnn/layers.py",
-        "find": "w = q_w.rsample()  # w = mu + sigma * eps",
-        "replace": "w = q_w.sample()  # w = mu + sigma * eps",
+        "path": "bnn/_backends.py",
+        "find": "w = q.rsample() if eps is None",
+        "replace": "w = q.sample() if eps is None",
         "tests": [_GRADIENT + "[reparam-eager]"],
     },
     {
-        "name": "bnn-local-eager-mean-detached",
+        "name": "bnn-local-mean-detached",
         "path": "bnn/layers.py",
-        "find": "gamma = self._affine(x, mu_w, b_mu)  # (B, out, ...)",
-        "replace": "gamma = self._affine(x, mu_w.detach(), b_mu)  # (B, out, ...)",
+        "find": "gamma = self._affine(x, self._masked(self.weight_mu), self.bias_mu)",
+        "replace": "gamma = self._affine(x, self._masked(self.weight_mu.detach()), self.bias_mu)",
         "tests": [_GRADIENT + "[local-eager]"],
     },
     {
-        "name": "bnn-local-fused-variance-detached",
+        "name": "bnn-local-variance-detached",
         "path": "bnn/layers.py",
-        "find": "delta = self._affine(x.square(), w_term, None",
-        "replace": "delta = self._affine(x.square(), w_term.detach(), None",
+        "find": "delta = self._affine(x.square(), self._masked(terms.weight), terms.bias)",
+        "replace": "delta = self._affine(x.square(), self._masked(terms.weight.detach()), terms.bias)",
         "tests": [_GRADIENT + "[local-fused]"],
+    },
+    # -- bayesianize names the modules it leaves deterministic ----------------------------------------------------
+    {
+        "name": "bnn-bayesianize-silent-about-deterministic-modules",
+        "path": "bnn/convert.py",
+        "find": "    if left:\n",
+        "replace": "    if False:\n",
+        "tests": ["tests/test_bnn_layers.py::test_bayesianize_warns_about_every_module_it_leaves_deterministic"],
     },
 ]
