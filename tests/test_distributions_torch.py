@@ -128,6 +128,10 @@ def test_cdf_icdf_match_torch_and_joint_cdf_over_event(name):
 
 def test_tanh_normal_cdf_at_and_beyond_bounds_and_icdf_round_trip():
     d = make("TanhNormal")
+    vector = make("TanhNormal", event_dims=1).support  # the box, per action vector
+    box = vector.base_constraint
+    assert torch.equal(box.lower_bound, LOW) and torch.equal(box.upper_bound, HIGH)
+    assert vector.check(torch.stack([LOW, HIGH])).all() and not vector.check(HIGH + 1e-9).any()
     x = torch.stack([LOW - 1, LOW, HIGH, HIGH + 1]).unsqueeze(1).expand(4, 4, 3)
     torch.testing.assert_close(d.cdf(x), torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=F64)[:, None, None].expand(4, 4, 3))
     u = torch.tensor([1e-9, 0.2, 0.7, 1 - 1e-9], dtype=F64)[:, None, None].expand(4, 4, 3)
