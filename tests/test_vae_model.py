@@ -8,10 +8,20 @@ import torch
 from torch.distributions import Bernoulli, Categorical, Independent, kl_divergence
 from torch.distributions import Normal as TorchNormal
 
-from reparam_apps import CheckpointError, kl_normal_std_normal, mc_kl, pathwise_gradient, score_function_gradient
+from reparam_apps import (
+    CheckpointError,
+    kl_normal_std_normal,
+    load_checkpoint,
+    mc_kl,
+    pathwise_gradient,
+    save_checkpoint,
+    score_function_gradient,
+)
 from reparam_apps.distributions import Normal
 from vae import VAE, CategoricalVAE, categorical_kl_uniform, load_model
-from vae.model import LOGVAR_RANGE
+from vae.model import CHECKPOINT_KIND, LOGVAR_RANGE
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one torch thread is faster
 
 
 def linear_gaussian_vae(d: int, s: float, enc_scale: float, enc_var: float) -> VAE:
@@ -128,49 +138,62 @@ def test_logvar_is_clamped_to_documented_range():
 
 
 # --------------------------------------------------------------------------------------------- estimators
-def _grad_stats(loss_fn, params, reps: int):
-    """Mean and squared standard error of ``reps`` independent gradient estimates (flattened)."""
-    gs = []
-    for _ in range(reps):
-        g = torch.autograd.grad(loss_fn(), params)
-        gs.append(torch.cat([t.reshape(-1) for t in g]))
-    gs = torch.stack(gs)
-    return gs.mean(0), gs.var(0) / reps
+class FixedOutput(torch.nn.Module):
+    """An encoder that returns one leaf row per example, whatever x: the loss's gradient w.r.t. row b is
+    then example b's own estimate, so a batch of R copies gives R independent estimates in one pass."""
+
+    def __init__(self, rows: torch.Tensor):
+        super().__init__()
+        self.rows = torch.nn.Parameter(rows.clone())
+
+    def forward(self, x):
+        return self.rows
 
 
-# The losses average over the batch, so a batch of R copies of x gives the mean of R independent
-# estimates in one pass; 40 such passes give a mean and a standard error from 40 values. With 40
-# values the z-scores below are t(39)-distributed: |t| > 4.5 has probability ~6e-5 per coordinate.
-REPLICAS, PASSES = 200, 40
+def _row_estimates(model, x, copies: int):
+    """(copies, D) gradient estimates of -ELBO w.r.t. the encoder output of each of x's examples."""
+    (g,) = torch.autograd.grad(model.loss(x)[0], [model.encoder.rows])
+    return (g * x.shape[0]).reshape(copies, -1)  # the loss averages over the batch
+
+
+def _z_scores(a, b):
+    return (a.mean(0) - b.mean(0)) / ((a.var(0) + b.var(0)) / a.shape[0]).sqrt()
+
+
+# R copies give R estimates per coordinate; with 8 or 6 coordinates, P(max |z| > 4.5) is below 1e-4.
+COPIES = 4000
 
 
 def test_score_function_training_loss_is_unbiased_for_the_pathwise_gradient():
-    """E[grad of the REINFORCE surrogate loss] = E[grad of the pathwise loss] = -grad ELBO (encoder)."""
+    """E[grad of the REINFORCE surrogate loss] = E[grad of the pathwise loss] = -grad ELBO (encoder output)."""
     torch.manual_seed(0)
-    x = torch.rand(2, 16, dtype=torch.float64).bernoulli().repeat(REPLICAS, 1)
+    x = torch.rand(2, 16, dtype=torch.float64).bernoulli()
     kw = dict(image_shape=(4, 4), latent_dim=2, hidden=(8,))
     pw = VAE(**kw).double()
     sf = VAE(**kw, estimator="score-function", sf_samples=8).double()
     sf.load_state_dict(pw.state_dict())
-    g_pw, se_pw = _grad_stats(lambda: pw.loss(x)[0], list(pw.encoder.parameters()), PASSES)
-    g_sf, se_sf = _grad_stats(lambda: sf.loss(x)[0], list(sf.encoder.parameters()), PASSES)
-    live = (se_pw > 0) & (se_sf > 0)  # coordinates behind a dead ReLU are exactly zero in both
-    assert live.sum() >= 20
-    z = (g_pw - g_sf)[live] / (se_pw + se_sf)[live].sqrt()
-    assert z.abs().max() < 4.5, z.abs().max()
-    assert (g_pw.abs()[live] / se_pw[live].sqrt()).max() > 10  # the gradient is resolved: the test has power
+    with torch.no_grad():
+        rows = pw.encoder(x).repeat(COPIES, 1)  # (COPIES * 2, 2L): the trained encoder's output, fixed
+    pw.encoder, sf.encoder = FixedOutput(rows), FixedOutput(rows)
+    xr = x.repeat(COPIES, 1)
+    g_pw, g_sf = _row_estimates(pw, xr, COPIES), _row_estimates(sf, xr, COPIES)  # (COPIES, 8)
+    assert _z_scores(g_pw, g_sf).abs().max() < 4.5
+    assert (g_pw.mean(0).abs() / (g_pw.var(0) / COPIES).sqrt()).max() > 10  # the gradient is resolved
 
 
 def test_categorical_score_function_loss_matches_exact_gradient_by_enumeration():
-    """Two latents of three classes: the ELBO is a sum over 9 configurations, so its exact gradient is known."""
+    """Two latents of three classes: the ELBO is a sum over 9 configurations, so its exact gradient w.r.t.
+    the logits is known."""
     torch.manual_seed(0)
     m = CategoricalVAE(image_shape=(2, 4), n_latents=2, n_classes=3, hidden=(8,), estimator="score-function",
                        sf_samples=6).double()
     x1 = torch.rand(1, 8, dtype=torch.float64).bernoulli()
-    params = list(m.encoder.parameters())
+    with torch.no_grad():
+        base = m.encoder(x1)  # (1, 6) logits
+    leaf = base.clone().requires_grad_()
 
     def exact_neg_elbo():
-        log_q = torch.log_softmax(m.logits(x1), -1)[0]  # (2, 3)
+        log_q = torch.log_softmax(leaf.reshape(2, 3), -1)
         total = 0.0
         for a, b in itertools.product(range(3), range(3)):
             z = torch.zeros(1, 2, 3, dtype=torch.float64)
@@ -178,27 +201,39 @@ def test_categorical_score_function_loss_matches_exact_gradient_by_enumeration()
             total = total + (log_q[0, a] + log_q[1, b]).exp() * m.log_likelihood(x1, z)[0]
         return -(total - categorical_kl_uniform(log_q).sum())
 
-    exact = torch.cat([g.reshape(-1) for g in torch.autograd.grad(exact_neg_elbo(), params)])
-    x = x1.repeat(REPLICAS, 1)
-    g_sf, se_sf = _grad_stats(lambda: m.loss(x)[0], params, PASSES)
-    live = se_sf > 0
-    assert live.sum() >= 20
-    z = (g_sf - exact)[live] / se_sf[live].sqrt()
-    assert z.abs().max() < 4.5, z.abs().max()
-    assert (exact.abs()[live] / se_sf[live].sqrt()).max() > 10
+    (exact,) = torch.autograd.grad(exact_neg_elbo(), [leaf])
+    m.encoder = FixedOutput(base.repeat(COPIES, 1))
+    g_sf = _row_estimates(m, x1.repeat(COPIES, 1), COPIES)  # (COPIES, 6)
+    se = (g_sf.var(0) / COPIES).sqrt()
+    assert ((g_sf.mean(0) - exact.reshape(-1)) / se).abs().max() < 4.5
+    assert (exact.abs().reshape(-1) / se).max() > 10
 
 
 def test_estimator_problem_plugs_into_core_estimators():
+    """The problem's f and factories in the core estimators: pathwise and score function (leave-one-out)
+    agree in the mean. Vectorised: a batch of R copies of 3 images, so each copy's rows of the gradient are
+    independent estimates; the score function gets f per example (n, R B) so each row is paired with its
+    own log q (prob.f sums over the batch: used as is for the pathwise estimator, where rows do not mix)."""
     torch.manual_seed(0)
     m = VAE(image_shape=(4, 4), latent_dim=2, hidden=(8,)).double()
-    x = torch.rand(3, 16, dtype=torch.float64).bernoulli()
+    r = 300
+    x = torch.rand(3, 16, dtype=torch.float64).bernoulli().repeat(r, 1)  # (r * 3, 16)
     prob = m.estimator_problem(x)
-    pw = torch.stack([torch.cat([g.reshape(-1) for g in pathwise_gradient(prob.f, prob.pathwise_factory,
-                                                                           prob.params, 50)]) for _ in range(200)])
-    sf = torch.stack([torch.cat([g.reshape(-1) for g in score_function_gradient(
-        prob.f, prob.score_factory, prob.params, 50, baseline="mean")]) for _ in range(200)])
-    z = (pw.mean(0) - sf.mean(0)) / ((pw.var(0) + sf.var(0)) / 200).sqrt()
-    assert z.abs().max() < 4.5
+
+    def per_example(z):  # (n, r * 3, L) -> (n, r * 3): prob.f before its sum over the batch
+        return m.log_likelihood(x, z)
+
+    assert torch.allclose(prob.f(torch.zeros(2, 3 * r, 2, dtype=torch.float64)),
+                          per_example(torch.zeros(2, 3 * r, 2, dtype=torch.float64)).sum(-1))
+
+    def rows(grads):  # ((r * 3, L), (r * 3, L)) -> (r, 3 * 2L): one row of 12 coordinates per copy
+        return torch.cat([g.reshape(r, 3, -1) for g in grads], -1).reshape(r, -1)
+
+    pw = rows(pathwise_gradient(prob.f, prob.pathwise_factory, prob.params, 50))
+    sf = rows(score_function_gradient(per_example, prob.score_factory, prob.params, 50, baseline="loo"))
+    z = (pw.mean(0) - sf.mean(0)) / ((pw.var(0) + sf.var(0)) / r).sqrt()
+    assert z.abs().max() < 4.5  # 12 coordinates: P(max |z| > 4.5) ~ 1e-4
+    assert (pw.mean(0).abs() / (pw.var(0) / r).sqrt()).max() > 10  # the mean is resolved: the test has power
     assert sf.var(0).sum() > pw.var(0).sum()  # the pathwise estimator has the lower variance here
 
 
@@ -264,16 +299,27 @@ def test_save_load_reproduces_elbo(tmp_path, cls, kw):
 def test_load_rejects_corrupt_and_foreign_checkpoints(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="corrupt"):
+    with pytest.raises(CheckpointError, match="not a reparam-apps checkpoint"):
         load_model(bad)
     VAE(image_shape=(4, 4), latent_dim=2, hidden=(8,)).save(tmp_path / "v.pt")
     with pytest.raises(CheckpointError, match="not a CategoricalVAE"):
         CategoricalVAE.load(tmp_path / "v.pt")
-    obj = torch.load(tmp_path / "v.pt", weights_only=False)
+    obj = load_checkpoint(tmp_path / "v.pt", kind=CHECKPOINT_KIND)
     obj["model_config"]["latent_dim"] = 5  # weights no longer fit
-    torch.save(obj, tmp_path / "w.pt")
+    save_checkpoint(obj, tmp_path / "w.pt", kind=CHECKPOINT_KIND)
     with pytest.raises(CheckpointError, match="do not fit"):
         load_model(tmp_path / "w.pt")
+
+
+def test_running_mean_baseline_has_its_own_name_and_old_checkpoints_still_load(tmp_path):
+    """One meaning per word: 'mean' was the running mean here and the leave-one-out mean in the core."""
+    with pytest.raises(ValueError, match="running_mean"):
+        VAE(image_shape=(4, 4), estimator="score-function", sf_baseline="mean")
+    m = VAE(image_shape=(4, 4), latent_dim=2, hidden=(8,), estimator="score-function", sf_baseline="running_mean")
+    obj = m.checkpoint_dict()
+    obj["model_config"]["sf_baseline"] = "mean"  # as written before the rename
+    save_checkpoint(obj, tmp_path / "old.pt", kind=CHECKPOINT_KIND)
+    assert load_model(tmp_path / "old.pt").sf_baseline == "running_mean"
 
 
 @pytest.mark.parametrize("cls,kw", [(VAE, dict(latent_dim=3)), (CategoricalVAE, dict(n_latents=3, n_classes=4))])

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from reparam_apps.data import DataError
-from vae import VAE, CategoricalVAE, binarize, evaluate, load_vae_data, train_epoch
+from vae import VAE, CategoricalVAE, binarize, evaluate_elbo, load_vae_data, train_epoch
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one torch thread is faster
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +17,7 @@ def digits():
     return load_vae_data("digits", mode="dynamic", seed=0)
 
 
-def _train(model, data, epochs: int, batch_size: int = 32, lr: float = 3e-3):
+def _train(model, data, epochs: int, batch_size: int = 16, lr: float = 3e-3):
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     step = 0
     for epoch in range(epochs):
@@ -30,33 +32,47 @@ def marginal_baseline(data) -> float:
     return float((data.test * p.log() + (1 - data.test) * (1 - p).log()).sum(1).mean())
 
 
+# A collapsed posterior (q(z|x) = p(z), the decoder ignoring z) has KL = 0 and an ELBO no better than the
+# latent-free model above. Learning means both: information in z (KL above a floor) and an ELBO above that
+# model by a margin. Measured at this seed (8 epochs, batch 16): Gaussian ELBO +1.5 to +2.4 nats over it
+# with KL 2.2-2.7; categorical +1.0 to +1.2 with KL 1.1-1.7. The floors leave about half of that as slack.
 # The untrained test ELBO is about -45 nats (64 pixels at about log 2 each).
+GAUSS, CAT = dict(image_shape=(8, 8), latent_dim=4, hidden=(64,)), dict(image_shape=(8, 8), n_latents=8,
+                                                                      n_classes=4, hidden=(64,))
+FLOORS = {"gaussian": (1.0, 1.2), "categorical": (0.5, 0.6)}  # (ELBO margin over the baseline, KL), nats
+
+
 @pytest.mark.parametrize("name,make", [
-    ("gaussian/pathwise", lambda: VAE(image_shape=(8, 8), latent_dim=4, hidden=(64,))),
-    ("gaussian/score-function", lambda: VAE(image_shape=(8, 8), latent_dim=4, hidden=(64,),
-                                            estimator="score-function")),
-    ("categorical/gumbel-softmax", lambda: CategoricalVAE(image_shape=(8, 8), n_latents=8, n_classes=4,
-                                                          hidden=(64,))),
-    ("categorical/score-function", lambda: CategoricalVAE(image_shape=(8, 8), n_latents=8, n_classes=4,
-                                                          hidden=(64,), estimator="score-function")),
+    ("gaussian/pathwise", lambda: VAE(**GAUSS)),
+    ("gaussian/score-function", lambda: VAE(**GAUSS, estimator="score-function")),
+    ("gaussian/score-function running_mean", lambda: VAE(**GAUSS, estimator="score-function",
+                                                         sf_baseline="running_mean")),
+    ("categorical/gumbel-softmax", lambda: CategoricalVAE(**CAT)),
+    ("categorical/straight-through", lambda: CategoricalVAE(**CAT, hard=True)),
+    ("categorical/score-function", lambda: CategoricalVAE(**CAT, estimator="score-function")),
 ])
-def test_short_training_improves_test_elbo_by_a_clear_margin(digits, name, make):
+def test_short_training_learns_a_latent_code(digits, name, make):
     torch.manual_seed(0)
     model = make()
-    before = evaluate(model, digits.test, n_samples=5)["elbo"]
+    before = evaluate_elbo(model, digits.test, n_samples=5)["elbo"]
     _train(model, digits, epochs=8)
-    after = evaluate(model, digits.test, n_samples=5)
+    after = evaluate_elbo(model, digits.test, n_samples=5)
     base = marginal_baseline(digits)
+    margin, kl_floor = FLOORS[name.split("/")[0]]
     assert after["elbo"] > before + 12.0, (name, before, after)
-    assert after["elbo"] > base - 1.0, (name, base, after)  # at least close to the best latent-free model
-    if name.startswith("gaussian"):
-        assert after["elbo"] > base + 0.5, (base, after)  # the Gaussian VAEs beat it (by ~2 nats at 8 epochs)
+    assert after["kl"] > kl_floor, (name, after)  # not collapsed: z carries information about x
+    assert after["elbo"] > base + margin, (name, base, after)  # and it pays: better than no latent at all
 
 
 @pytest.fixture(scope="module")
 def trained_gaussian(digits):
-    torch.manual_seed(0)
-    return _train(VAE(image_shape=(8, 8), latent_dim=4, hidden=(64,)), digits, epochs=8)
+    threads = torch.get_num_threads()  # module scope runs before the one_thread fixture: the same, by hand
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        return _train(VAE(**GAUSS), digits, epochs=8)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_elbo_below_iwae_k_below_iwae_larger_k_on_a_trained_model(trained_gaussian, digits):

@@ -10,16 +10,16 @@ from .model import (
     SF_BASELINES,
     VAE,
     CategoricalVAE,
-    ELBOTerms,
     EstimatorProblem,
+    VAELossTerms,
     categorical_kl_uniform,
     load_model,
 )
 from .nets import ARCHS
-from .train import beta_at, evaluate, evaluate_iwae, train_epoch
+from .train import beta_at, evaluate, evaluate_elbo, evaluate_iwae, train_epoch
 
 __all__ = [
-    "VAE", "CategoricalVAE", "ELBOTerms", "EstimatorProblem", "load_model", "categorical_kl_uniform",
-    "VAEData", "load_vae_data", "binarize", "train_epoch", "evaluate", "evaluate_iwae", "beta_at",
+    "VAE", "CategoricalVAE", "VAELossTerms", "EstimatorProblem", "load_model", "categorical_kl_uniform",
+    "VAEData", "load_vae_data", "binarize", "train_epoch", "evaluate_elbo", "evaluate", "evaluate_iwae", "beta_at",
     "ARCHS", "ESTIMATORS", "KL_MODES", "LIKELIHOODS", "LOGVAR_RANGE", "SF_BASELINES", "BINARIZE_MODES",
 ]

@@ -31,7 +31,7 @@ from reparam_apps.runs import CheckpointError
 
 from .nets import ARCHS, make_decoder, make_encoder
 
-__all__ = ["VAE", "CategoricalVAE", "ELBOTerms", "EstimatorProblem", "load_model", "categorical_kl_uniform",
+__all__ = ["VAE", "CategoricalVAE", "VAELossTerms", "EstimatorProblem", "load_model", "categorical_kl_uniform",
            "LOGVAR_RANGE", "DECODER_LOG_STD_RANGE", "ESTIMATORS", "SF_BASELINES", "LIKELIHOODS", "KL_MODES",
            "CHECKPOINT_KIND"]
 
@@ -42,7 +42,7 @@ LOGVAR_RANGE = (-10.0, 10.0)
 # likelihood of near-constant pixels (MNIST borders) grows without bound.
 DECODER_LOG_STD_RANGE = (math.log(0.01), math.log(10.0))
 ESTIMATORS = ("pathwise", "score-function")
-SF_BASELINES = ("loo", "mean", "none")
+SF_BASELINES = ("loo", "running_mean", "none")
 LIKELIHOODS = ("bernoulli", "gaussian")
 KL_MODES = ("analytic", "mc")
 CHECKPOINT_KIND = "vae"
@@ -50,7 +50,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 @dataclass
-class ELBOTerms:
+class VAELossTerms:
     """Per-example terms of (1), each of shape (B,), in nats."""
 
     elbo: Tensor
@@ -102,6 +102,9 @@ class _BaseVAE(nn.Module):
         _check_choice("likelihood", likelihood, LIKELIHOODS)
         _check_choice("KL mode", kl, KL_MODES)
         _check_choice("estimator", estimator, ESTIMATORS)
+        if sf_baseline == "mean":  # the old name: "mean" alone is ambiguous (the core's "loo" is a batch mean too)
+            raise ValueError("sf_baseline='mean' is now called 'running_mean' (a running mean over batches); "
+                             "'loo' is the leave-one-out mean over the samples of the same example")
         _check_choice("score-function baseline", sf_baseline, SF_BASELINES)
         for name, v in (("sf_samples", sf_samples), ("train_samples", train_samples)):
             _check_positive_int(name, v)
@@ -112,7 +115,7 @@ class _BaseVAE(nn.Module):
         if decoder_std is not None and not decoder_std > 0:
             raise ValueError(f"decoder_std must be positive (or None for a learned std), got {decoder_std}")
         if estimator == "score-function" and sf_baseline == "loo" and sf_samples < 2:
-            raise ValueError("the leave-one-out baseline needs sf_samples >= 2 (or use sf_baseline='mean')")
+            raise ValueError("the leave-one-out baseline needs sf_samples >= 2 (or use sf_baseline='running_mean')")
         if not 0.0 <= sf_baseline_decay < 1.0:
             raise ValueError(f"sf_baseline_decay must be in [0, 1), got {sf_baseline_decay}")
         self.image_shape = (int(image_shape[0]), int(image_shape[1]))
@@ -123,7 +126,7 @@ class _BaseVAE(nn.Module):
         learned_std = likelihood == "gaussian" and decoder_std is None
         self.encoder = make_encoder(arch, self.image_shape, list(hidden), enc_out)
         self.decoder = make_decoder(arch, z_dim, list(hidden), self.image_shape, out_channels=2 if learned_std else 1)
-        # running mean of f for sf_baseline='mean' (a buffer: saved in checkpoints, resumed exactly)
+        # running mean of f for sf_baseline='running_mean' (a buffer: saved in checkpoints, resumed exactly)
         self.register_buffer("baseline_ema", torch.zeros(()))
         self.register_buffer("baseline_ready", torch.zeros((), dtype=torch.bool))
 
@@ -188,24 +191,37 @@ class _BaseVAE(nn.Module):
     def _score_function_term(self, f: Tensor, log_q: Tensor) -> Tensor:
         """Per-example surrogate mean_s (f_s - b_s).detach() * log q(z_s|x): its gradient is (5).
 
-        f, log_q: (S, B). Baselines: 'loo' b_s = mean_{t != s} f_t for the same x (unbiased, S >= 2);
-        'mean' a running mean of f over batches (unbiased: fixed before this batch); 'none' b = 0.
+        f, log_q: (S, B). Baselines (each independent of the sample it multiplies, so (5) stays unbiased):
+        'loo' b_s = mean_{t != s} f_t for the same x (S >= 2); 'running_mean' an exponential running mean
+        of f over past batches, read before this batch updates it (before any update: the mean of the
+        batch's other S B - 1 values); 'none' b = 0.
         """
         s = f.shape[0]
         if self.sf_baseline == "loo":
             b = (f.sum(0, keepdim=True) - f) / (s - 1)
-        elif self.sf_baseline == "mean":
-            batch_mean = f.mean().detach()
-            b = torch.where(self.baseline_ready, self.baseline_ema, batch_mean)
+        elif self.sf_baseline == "running_mean":
+            b = self._running_baseline(f)
             if self.training:
-                with torch.no_grad():  # update after use, so b never depends on this batch's samples
-                    d = self.sf_baseline_decay
-                    self.baseline_ema.copy_(torch.where(self.baseline_ready, d * self.baseline_ema
-                                                        + (1 - d) * batch_mean, batch_mean))
-                    self.baseline_ready.fill_(True)
+                self._update_running_mean(f)
         else:
             b = torch.zeros_like(f)
         return ((f - b).detach() * log_q).mean(0)  # (B,)
+
+    @torch.no_grad()
+    def _running_baseline(self, f: Tensor) -> Tensor:
+        """The running mean of f from past batches, broadcast to f's shape (S, B); before the first update,
+        the leave-one-out mean of the other S B - 1 values of this batch (0 for a single value)."""
+        m = f.numel()
+        first = (f.sum() - f) / (m - 1) if m > 1 else torch.zeros_like(f)
+        return torch.where(self.baseline_ready, self.baseline_ema, first)
+
+    @torch.no_grad()
+    def _update_running_mean(self, f: Tensor) -> None:
+        """ema <- d ema + (1 - d) mean(f) (the first batch sets ema = mean(f))."""
+        batch_mean, d = f.mean(), self.sf_baseline_decay
+        self.baseline_ema.copy_(torch.where(self.baseline_ready, d * self.baseline_ema + (1 - d) * batch_mean,
+                                            batch_mean))
+        self.baseline_ready.fill_(True)
 
     @staticmethod
     def _stats(rec: Tensor, kl: Tensor) -> dict[str, Tensor]:
@@ -221,13 +237,13 @@ class _BaseVAE(nn.Module):
     def _analytic_kl(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def elbo_terms(self, x: Tensor, n_samples: int = 1) -> ELBOTerms:
+    def elbo_terms(self, x: Tensor, n_samples: int = 1) -> VAELossTerms:
         """Eq. (1) per example with n_samples latents per example and the analytic KL."""
         _check_positive_int("n_samples", n_samples)
         z, _ = self._draw_eval(x, n_samples)
         rec = self.log_likelihood(x, z).mean(0)  # (B,)
         kl = self._analytic_kl(x)  # (B,)
-        return ELBOTerms(rec - kl, rec, kl)
+        return VAELossTerms(rec - kl, rec, kl)
 
     def elbo(self, x: Tensor, n_samples: int = 1) -> Tensor:
         """The ELBO (1) per example, (B,), in nats (beta = 1, analytic KL)."""
@@ -316,13 +332,13 @@ class VAE(_BaseVAE):
     def _draw_eval(self, x: Tensor, n: int) -> tuple[Tensor, Tensor]:
         return self.encode(x).rsample_and_log_prob((n,))
 
-    def elbo_terms(self, x: Tensor, n_samples: int = 1) -> ELBOTerms:
+    def elbo_terms(self, x: Tensor, n_samples: int = 1) -> VAELossTerms:
         _check_positive_int("n_samples", n_samples)
         mu, log_var = self.encode_params(x)  # one encoder pass for the sample and the KL
         z = self._q(mu, log_var).rsample((n_samples,))  # (S, B, L), eq. (4)
         rec = self.log_likelihood(x, z).mean(0)
         kl = kl_normal_std_normal(mu, log_var).sum(-1)
-        return ELBOTerms(rec - kl, rec, kl)
+        return VAELossTerms(rec - kl, rec, kl)
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """Decoder mean at the posterior mean: (B, H, W)."""
@@ -452,13 +468,13 @@ class CategoricalVAE(_BaseVAE):
         z = cat.sample((n,))  # (n, B, N, K) one-hot
         return z, cat.log_prob(z).sum(-1)
 
-    def elbo_terms(self, x: Tensor, n_samples: int = 1) -> ELBOTerms:
+    def elbo_terms(self, x: Tensor, n_samples: int = 1) -> VAELossTerms:
         _check_positive_int("n_samples", n_samples)
         logits = self.logits(x)
         z = OneHotCategorical(logits=logits, validate_args=False).sample((n_samples,))
         rec = self.log_likelihood(x, z).mean(0)
         kl = categorical_kl_uniform(logits).sum(-1)
-        return ELBOTerms(rec - kl, rec, kl)
+        return VAELossTerms(rec - kl, rec, kl)
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """Decoder mean at the posterior mode (argmax class of each latent): (B, H, W)."""
@@ -528,8 +544,11 @@ def model_from_checkpoint(obj: dict[str, Any], source: str | Path) -> _BaseVAE:
     cls = _MODEL_CLASSES.get(obj.get("model_class", ""))
     if cls is None or not isinstance(obj.get("model_config"), dict) or "model_state" not in obj:
         raise CheckpointError(f"{source} does not hold a VAE model (missing class, config or weights)")
+    config = dict(obj["model_config"])
+    if config.get("sf_baseline") == "mean":  # checkpoints written before the rename: it meant the running mean
+        config["sf_baseline"] = "running_mean"
     try:
-        model = cls(**obj["model_config"])
+        model = cls(**config)
         model.load_state_dict(obj["model_state"])
     except (TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{source}: the stored weights do not fit the stored config "
