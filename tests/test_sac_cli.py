@@ -18,7 +18,7 @@ import gymnasium as gym
 import pytest
 import torch
 
-from agents import cli, enjoy
+from agents import SAC, CheckpointCallback, cli, enjoy
 from reparam_apps import experiment as ex
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,6 +134,11 @@ def test_ctrl_c_saves_mid_window_and_resume_equals_the_uninterrupted_run(referen
         assert (out / f).read_bytes() == (reference / f).read_bytes(), f
     saved = json.loads((out / "config.json").read_text())
     assert len(saved["resumes"]) == 1 and saved["config"]["eval_every"] == 200
+    # The evaluation state came back too: the same best model (at step 200, before the interruption).
+    best = [json.loads((d / "summary.json").read_text())["best_eval_mean"] for d in (out, reference)]
+    assert best[0] == best[1]
+    assert best[0] == pytest.approx(max(float(r["eval_mean"]) for r in ex.MetricsCSV(out / "evals.csv").rows()),
+                                    rel=1e-5)  # the CSV keeps 6 significant digits
 
 
 def test_bit_flipped_checkpoint_is_refused_by_name(reference, tmp_path, capsys):
@@ -163,6 +168,23 @@ def test_divergence_exits_3_naming_the_step_and_keeps_a_finite_checkpoint(tmp_pa
     for name in ("actor", "critic", "critic_target"):
         assert all(torch.isfinite(v).all() for v in state[name].values()), name
     assert [r["step"] for r in ex.MetricsCSV(out / "metrics.csv").rows()] == ["100"]  # no row after it
+
+
+def test_a_nan_model_is_never_checkpointed(tmp_path):
+    parsed = ex.parse_cli(cli.SACTrainConfig, ["--total-steps", "200", *FAST, "--out", str(tmp_path / "r")])
+    run = ex.start_or_resume("sac", parsed, name=cli.run_name, quiet=True)
+    model = SAC(run.config)
+    recorder = cli.RunRecorder(run, run.progress(200, "test"))
+    recorder.save_checkpoint(model)
+    good = run.checkpoint_path.read_bytes()
+    with torch.no_grad():
+        model.actor.head.weight[0, 0] = float("nan")
+    with pytest.raises(ex.DivergenceError, match=r"step 0: parameter head.weight holds NaN"):
+        recorder.save_checkpoint(model)
+    with pytest.raises(ex.DivergenceError, match=r"step 0: parameter head.weight holds NaN"):
+        CheckpointCallback(100, path=tmp_path / "lib.pt").save(model)  # the library's callback too
+    assert run.checkpoint_path.read_bytes() == good and not (tmp_path / "lib.pt").exists()
+    model.close()
 
 
 class CountingMake:

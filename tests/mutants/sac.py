@@ -6,6 +6,7 @@ the update and the rollout, ``agents/networks.py`` Polyak averaging).
 
 EQ = "tests/test_sac_equations.py"
 UPDATE = f"{EQ}::test_update_losses_and_isolated_gradients"
+UNIT = "tests/test_sac.py"
 
 MUTANTS = [
     {
@@ -133,5 +134,55 @@ MUTANTS = [
         "find": "rew + self.config.gamma * (1.0 - term)",
         "replace": "rew + (1.0 - term)",
         "tests": [f"{EQ}::test_target_matches_hand_computation_with_target_critics"],
+    },
+    # -- the guards and the resume path (agents/sac.py, persistence.py, cli.py) -----------------------------------
+    {
+        "name": "sac-nan-action-sent-to-the-env",
+        "path": "agents/sac.py",
+        "find": "if not np.isfinite(actions).all():",
+        "replace": "if False:",
+        "tests": [f"{UNIT}::test_a_nan_reward_stops_training_before_a_nan_action_reaches_the_env"],
+    },
+    {
+        "name": "sac-logged-losses-not-checked",
+        "path": "agents/sac.py",
+        "find": "ex.check_finite_values(dict(zip(STAT_NAMES, stats, strict=True)), self.num_timesteps)",
+        "replace": "pass",
+        "tests": [f"{UNIT}::test_a_nan_reward_stops_training_before_a_nan_action_reaches_the_env"],
+    },
+    {
+        "name": "sac-checkpoint-of-a-nan-model",
+        "path": "agents/cli.py",
+        "find": "check=model.networks())",
+        "replace": "check=())",
+        "tests": ["tests/test_sac_cli.py::test_a_nan_model_is_never_checkpointed"],
+    },
+    {
+        "name": "sac-library-checkpoint-of-a-nan-model",
+        "path": "agents/callbacks.py",
+        "find": "ex.check_finite_parameters(model.networks(), model.num_timesteps, checkpoint=kept)",
+        "replace": "pass",
+        "tests": ["tests/test_sac_cli.py::test_a_nan_model_is_never_checkpointed"],
+    },
+    {
+        "name": "sac-resume-drops-the-log-window",
+        "path": "agents/persistence.py",
+        "find": "model._window.update(",
+        "replace": "dict(",
+        "tests": [f"{UNIT}::test_learn_continues_after_load_identically"],
+    },
+    {
+        "name": "sac-resume-without-the-torch-rng",
+        "path": "agents/persistence.py",
+        "find": 'torch.set_rng_state(tr["torch_rng"])',
+        "replace": "None",
+        "tests": [f"{UNIT}::test_learn_continues_after_load_identically"],
+    },
+    {
+        "name": "sac-resume-drops-the-evaluation-state",
+        "path": "agents/cli.py",
+        "find": 'evaluation.load_state_dict(state["eval"])',
+        "replace": "None",
+        "tests": ["tests/test_sac_cli.py::test_ctrl_c_saves_mid_window_and_resume_equals_the_uninterrupted_run"],
     },
 ]
