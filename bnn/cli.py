@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,9 +28,9 @@ __all__ = ["main", "entry", "LOG_EVERY"]
 # --log-every per task, in epochs: toy trains 3000 short epochs, uci logs within each split, classify's
 # epochs are long enough to test and checkpoint each one
 LOG_EVERY = {"toy": 10, "uci": 10, "classify": 1}
-EPILOG = ("--log-every (epochs between metrics rows, status lines and, for toy and classify, checkpoints) "
+EPILOG = textwrap.fill("--log-every (epochs between metrics rows, status lines and, for toy and classify, checkpoints) "
           "defaults to " + ", ".join(f"{t} {n}" for t, n in LOG_EVERY.items()) + ". A uci run checkpoints "
-          "after each split; a resumed uci run restarts its unfinished split from that split's start.")
+          "after each split; a resumed uci run restarts its unfinished split from that split's start.", width=100)
 
 
 class _UCIResume(BNNConfig):

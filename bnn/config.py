@@ -41,7 +41,10 @@ def _positive_int(name: str, value: Any) -> None:
 
 @dataclass
 class BNNConfig(ex.TrainConfig):
-    """Bayes by Backprop on one task. Fields left None take the task's default (``TASK_DEFAULTS``)."""
+    """Bayes by Backprop on one task. Fields left None take the task's default (``TASK_DEFAULTS``).
+
+    From Python: ``BNNConfig(task="classify", epochs=5)`` (by keyword: the shared seed, device and threads
+    fields come first)."""
 
     task: str = field(default="toy", metadata={"positional": True, "choices": TASKS,
                                                "shown_default": "none; a new run names one"})
@@ -66,7 +69,8 @@ class BNNConfig(ex.TrainConfig):
     """Monte Carlo weight samples per training step."""
     test_samples: int | None = field(default=None, metadata={"shown_default": _per_task("test_samples")})
     """Monte Carlo weight samples for prediction (classify's per-epoch test metrics use at most 8)."""
-    sampling: str = field(default="local", metadata={"choices": SAMPLING_MODES})
+    sampling: str = field(default="local", metadata={"choices": SAMPLING_MODES,
+                                                   "metavar": "{" + ",".join(SAMPLING_MODES) + "}"})
     """Weight noise: reparam (one weight sample per minibatch), local (local reparameterization) or flipout."""
     prior: Literal["gaussian", "mixture"] = "gaussian"
     """Weight prior: gaussian N(0, prior_sigma^2) or Blundell's scale mixture."""

@@ -259,3 +259,16 @@ def test_ctrl_c_in_a_uci_split_keeps_the_finished_ones_and_restarts_that_split(t
     for name in ("metrics.csv", "splits.csv"):
         assert (cut / name).read_text() == (full / name).read_text(), name
     assert summary_of(cut) == summary_of(full)
+
+
+def test_test_metrics_do_not_perturb_training(tmp_path):
+    """Evaluations run on their own seeded stream: evaluating every epoch or every second one leaves the
+    training (and so epoch 2's row, test metrics included) the same."""
+    argv = ["classify", "--epochs", "2", "--hidden", "16", "--batch-size", "128", "--test-samples", "2", "--threads",
+            "1", "--no-progress"]
+    assert main(argv + ["--log-every", "1", "--out", str(tmp_path / "a")]) == 0
+    assert main(argv + ["--log-every", "2", "--out", str(tmp_path / "b")]) == 0
+    rows_a = ex.MetricsCSV(tmp_path / "a" / "metrics.csv").rows()
+    rows_b = ex.MetricsCSV(tmp_path / "b" / "metrics.csv").rows()
+    assert [r["epoch"] for r in rows_a] == ["1", "2"] and [r["epoch"] for r in rows_b] == ["2"]
+    assert rows_a[1] == rows_b[0]
