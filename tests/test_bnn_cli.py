@@ -107,14 +107,16 @@ def test_the_run_folder_is_never_overwritten_and_resume_refuses_changed_flags(tm
         main(["--out", str(out), "--resume"])
 
 
-def test_a_uci_resume_takes_more_splits_but_not_more_epochs(tmp_path):
+def test_a_uci_resume_takes_more_splits_but_not_more_epochs(tmp_path, monkeypatch):
     fake_uci(tmp_path / "uci")
-    out = tmp_path / "r"
-    assert main(["uci", "--dataset", "yacht", "--data-dir", str(tmp_path / "uci"), "--epochs", "1", "--splits", "1",
-                 "--test-samples", "2", "--threads", "1", "--out", str(out), "--no-progress"]) == 0
+    monkeypatch.chdir(tmp_path)  # the default folder: runs/bnn/<task>-<dataset>_s<seed>_<time> below here
+    argv = ["uci", "--dataset", "yacht", "--data-dir", str(tmp_path / "uci"), "--seed", "3", "--no-progress"]
+    assert main(argv + ["--epochs", "1", "--splits", "1", "--test-samples", "2", "--threads", "1"]) == 0
+    (out,) = (tmp_path / "runs" / "bnn").iterdir()
+    assert out.name.startswith("uci-yacht_s3_") and (out / "latest.pt").is_file()
     with pytest.raises(ex.UserError, match=r"--epochs cannot change \(saved 1, given 2\).*--splits"):
-        main(["--out", str(out), "--resume", "--epochs", "2"])
-    assert main(["--out", str(out), "--resume", "--splits", "2", "--no-progress"]) == 0
+        main(argv + ["--resume", "--epochs", "2"])  # without --out: the newest run of this name
+    assert main(argv + ["--resume", "--splits", "2"]) == 0
     assert [r["split"] for r in ex.MetricsCSV(out / "splits.csv").rows()] == ["0", "1"]
 
 
