@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     cli = ex.parse_cli(SACTrainConfig, argv, description=__doc__, log_every=1000,
                        epilog="Per-env defaults (under the flags you give):\n" + env_table())
     envs = None
-    if not cli.options.resume:  # a bad env fails before a run folder exists; the env is built once, here
+    if not cli.options.resume:
+        # The training envs are built once, here, before start_or_resume writes anything: a bad --env leaves
+        # no run folder behind. (start_or_resume validates the same typed values again; that is pure and cheap.)
         typed = ex.build_config(SACTrainConfig, cli.given)
         envs = make_vector_env(typed.env_id, typed.num_envs)
     try:
