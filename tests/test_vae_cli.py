@@ -180,6 +180,7 @@ def test_categorical_score_function_with_a_running_mean_baseline(tmp_path):
     (["--lr", "nan"], "lr must be a positive number"),
     (["--sf-samples", "1", "--estimator", "score-function"], "leave-one-out"),
     (["--sf-baseline", "mean"], "invalid choice"),
+    (["--model", "categorical", "--hard", "--kl", "mc"], "--kl analytic"),
     (["--model", "flow"], "invalid choice"),
     (["--resume"], "no run named gaussian-digits_s0"),
 ])

@@ -13,16 +13,14 @@ from typing import Any, ClassVar
 from reparam_apps import experiment as ex
 
 from .data import BINARIZE_MODES
-from .model import KL_MODES, LIKELIHOODS
+from .model import KL_MODES, LIKELIHOODS, SF_BASELINES
 from .nets import ARCHS
 
-__all__ = ["VAEConfig", "MODELS", "DATASETS", "SF_BASELINE_CHOICES"]
+__all__ = ["VAEConfig", "MODELS", "DATASETS"]
 
 MODELS = ("gaussian", "categorical")
 DATASETS = ("digits", "mnist")
 ESTIMATOR_CHOICES = ("pathwise", "score-function")
-# "loo": leave-one-out mean over the samples of the same example; "running_mean": a running mean over batches.
-SF_BASELINE_CHOICES = ("loo", "running_mean", "none")
 
 
 def _choices(choices: tuple[str, ...], **meta: Any) -> dict[str, Any]:
@@ -81,7 +79,7 @@ class VAEConfig(ex.TrainConfig):
     """Straight-through Gumbel-Softmax (one-hot forward pass, relaxed gradient)."""
     sf_samples: int = 4
     """Latent samples per example for the score-function estimator."""
-    sf_baseline: str = field(default="loo", metadata=_choices(SF_BASELINE_CHOICES))
+    sf_baseline: str = field(default="loo", metadata=_choices(SF_BASELINES))
     """Score-function baseline: loo (leave-one-out mean over the samples of the same example, needs
     --sf-samples >= 2), running_mean (over batches) or none."""
     train_samples: int = 1
@@ -112,7 +110,7 @@ class VAEConfig(ex.TrainConfig):
         super().__post_init__()
         for name, choices in (("dataset", DATASETS), ("binarize", BINARIZE_MODES), ("model", MODELS),
                               ("estimator", ESTIMATOR_CHOICES), ("arch", ARCHS), ("likelihood", LIKELIHOODS),
-                              ("kl", KL_MODES), ("sf_baseline", SF_BASELINE_CHOICES)):
+                              ("kl", KL_MODES), ("sf_baseline", SF_BASELINES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         for name in ("latent_dim", "n_classes", "sf_samples", "train_samples", "epochs", "batch_size", "iwae_n"):
@@ -138,6 +136,9 @@ class VAEConfig(ex.TrainConfig):
         if self.estimator == "score-function" and self.sf_baseline == "loo" and self.sf_samples < 2:
             raise ValueError("sf_baseline 'loo' (leave-one-out) needs sf_samples >= 2: raise --sf-samples or pick "
                              "--sf-baseline running_mean")
+        if self.model == "categorical" and self.hard and self.kl == "mc" and self.estimator == "pathwise":
+            raise ValueError("hard (straight-through) samples have no Concrete density for kl 'mc': pass --kl analytic "
+                             "with --hard")
         if self.dataset == "mnist" and not self.data_dir:
             raise ValueError("dataset 'mnist' needs data_dir: pass --data-dir with the MNIST IDX files")
 

@@ -29,7 +29,7 @@ from reparam_apps.utils import seed_everything, select_device, set_threads
 
 from .config import VAEConfig
 from .data import VAEData, load_vae_data
-from .model import CHECKPOINT_KIND, SF_BASELINES, VAE, CategoricalVAE, _BaseVAE
+from .model import CHECKPOINT_KIND, VAE, CategoricalVAE, _BaseVAE
 from .plots import save_elbo_curves, save_manifold, save_reconstructions, save_samples
 
 __all__ = ["beta_at", "train_epoch", "evaluate_elbo", "evaluate_iwae", "build_model", "load_data", "rng_state",
@@ -80,8 +80,7 @@ def evaluate_elbo(model: _BaseVAE, x: Tensor, batch_size: int = 1000, n_samples:
     return {"elbo": elbo, "rec": rec, "kl": kl}
 
 
-# Deprecated name, kept while vae/__init__.py, scripts/bench_vae.py and tests/test_vae_train.py still import it:
-# ``evaluate`` collides with agents.evaluate (the SAC one).
+# Deprecated name (it collides with the SAC evaluation), kept while scripts/bench_vae.py still imports it.
 evaluate = evaluate_elbo
 
 
@@ -96,16 +95,11 @@ def evaluate_iwae(model: _BaseVAE, x: Tensor, k: int, batch_size: int = 10, chun
 
 
 # -- a run on the experiment spine ----------------------------------------------------------------
-def _model_baseline(name: str) -> str:
-    """The config's baseline name as vae.model spells it ("running_mean" was "mean" before the rename)."""
-    return name if name in SF_BASELINES or name != "running_mean" else "mean"
-
-
 def build_model(cfg: VAEConfig, image_shape: tuple[int, int]) -> VAE | CategoricalVAE:
     """The model ``cfg`` describes, for images of ``image_shape`` (H, W)."""
     common = dict(image_shape=image_shape, hidden=cfg.hidden, arch=cfg.arch, likelihood=cfg.likelihood,
                   decoder_std=cfg.decoder_std, kl=cfg.kl, estimator=cfg.estimator, sf_samples=cfg.sf_samples,
-                  sf_baseline=_model_baseline(cfg.sf_baseline), train_samples=cfg.train_samples)
+                  sf_baseline=cfg.sf_baseline, train_samples=cfg.train_samples)
     if cfg.model == "categorical":
         return CategoricalVAE(n_latents=cfg.latent_dim, n_classes=cfg.n_classes, temperature=cfg.temperature,
                               temperature_min=cfg.temperature_min, anneal_rate=cfg.anneal_rate, hard=cfg.hard,
