@@ -383,6 +383,16 @@ class Run:
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         self.write_json("summary.json", dict(summary))
 
+    # -- hyperparameter search --------------------------------------------------------------------
+    reporter: Callable[[Run, int, Mapping[str, Any]], None] | None = None
+    """Installed by a tuner (``reparam_apps.experiment.report.reporting``) for the run it starts; None: no-op."""
+
+    def report(self, step: int, values: Mapping[str, Any]) -> None:
+        """Hand an evaluation's metrics (e.g. the row just logged) to the tuner running this run, if any; its
+        pruner may end the run here by raising ``optuna.TrialPruned`` (the last checkpoint stays)."""
+        if Run.reporter is not None and self.writable:
+            Run.reporter(self, step, values)
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
