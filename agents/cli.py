@@ -78,6 +78,7 @@ class RunRecorder(Callback):
         self.run.log(row, "evals.csv")
         self.bar.log(f"evaluation at step {row['step']}: return {row['eval_mean']:.1f} +- {row['eval_std']:.1f}")
         plot_learning_curve(self.run, self.run.config.env_id)
+        self.run.report(row["step"], row)  # to reparam-tune's pruner, if it runs this run (else a no-op)
 
     def save_checkpoint(self, model: SAC) -> None:
         extra = {"eval": self.evaluation.state_dict()} if self.evaluation is not None else {}
