@@ -78,6 +78,7 @@ def train_epochs(run: ex.Run, trainer: Trainer, desc: str, start: int = 0,
                     if evaluate is not None:
                         row.update(evaluate(epoch))
                     run.log(row, step_key="epoch")
+                    run.report(epoch, row)  # to reparam-tune's pruner, if it runs this run (else a no-op)
                     now = time.perf_counter()  # wall clock: its own CSV, so metrics.csv repeats exactly
                     run.log({"epoch": epoch, "seconds_per_epoch": (now - t0) / (epoch - n0)}, "speed.csv",
                             step_key="epoch")

@@ -83,6 +83,7 @@ def run_uci(run: ex.Run, device: torch.device) -> int | None:
                     "noise_std": likelihood.noise_std.item() * data.y_std,
                 }
                 run.log(result, "splits.csv", step_key="split")
+                run.report(split, result)  # to reparam-tune's pruner, if it runs this run (else a no-op)
                 run.log({"split": split, "seconds": time.perf_counter() - start}, "speed.csv", step_key="split")
                 finished.append({"result": result, "model": model.state_dict(),
                                  "likelihood": likelihood.state_dict(), "y_mean": data.y_mean, "y_std": data.y_std})
