@@ -111,6 +111,10 @@ def test_occupied_folder_and_changed_flags_on_resume_are_refused_by_name(full):
         code, _, err = cli("--out", full, "--resume", flag, value)
         assert code == 2 and f"{flag} cannot change" in err, (flag, err)
     assert (full / "metrics.csv").read_bytes() == before  # nothing touched
+    code, _, err = cli("--out", full, "--resume", "--epochs", 2)
+    assert code == 2 and "has done 3 epochs, more than --epochs 2" in err
+    code, stdout, _ = cli("--out", full, "--resume", "--epochs", 3, "--iwae-k", 20)  # a finished run: evaluated again
+    assert code == 0 and "IWAE(k=20)" in stdout and (full / "metrics.csv").read_bytes() == before
 
 
 def test_kill_9_then_resume_gives_the_uninterrupted_rows(tmp_path, full):

@@ -164,6 +164,9 @@ def train_run(run: ex.Run, data: VAEData | None = None) -> int:
     model = build_model(cfg, data.image_shape).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     epoch, step = _restore(run, model, optimizer)
+    if epoch > cfg.epochs:
+        raise ex.UserError(f"{run.path} has done {epoch} epochs, more than --epochs {cfg.epochs}: pass --epochs "
+                           f"{epoch} or more (or leave it out after a run that finished)")
 
     steps_per_epoch = math.ceil(data.n_train / cfg.batch_size)
     warmup_steps = int(round(cfg.warmup * steps_per_epoch))
