@@ -211,6 +211,7 @@ def train_run(run: ex.Run, data: VAEData | None = None) -> int:
                 bar.status(train_elbo=train["elbo"], test_elbo=test["elbo"])
                 save()
                 saved = True
+                run.report(epoch, row)  # a tuner's pruner hook (a no-op otherwise), after the checkpoint
                 t_window, n_window = time.perf_counter(), 0
             if run.stop_requested:
                 if not saved:
