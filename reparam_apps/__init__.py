@@ -39,7 +39,7 @@ from .experiment import (
 )
 from .kl import kl_divergence, kl_normal_normal, kl_normal_std_normal, mc_kl
 from .runs import RunDir
-from .utils import seed_everything, select_device, set_threads
+from .utils import derived_seed, rng_state, seed_everything, select_device, set_rng_state, set_threads
 
 __version__ = "0.1.0"
 
@@ -49,7 +49,7 @@ __all__ = [
     "pathwise_gradient", "score_function_gradient", "estimator_stats", "EstimatorStats",
     "flatten_gradient",
     "kl_normal_normal", "kl_normal_std_normal", "mc_kl", "kl_divergence",
-    "seed_everything", "select_device", "set_threads",
+    "seed_everything", "derived_seed", "rng_state", "set_rng_state", "select_device", "set_threads",
     "RunDir", "MetricsCSV", "save_checkpoint", "load_checkpoint", "CheckpointError",
     "atomic_write_bytes", "atomic_write_text",
     "UserError", "DivergenceError", "run_cli", "progress", "native", "experiment",

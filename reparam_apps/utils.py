@@ -1,14 +1,15 @@
-"""Seeding and device selection shared by every script."""
+"""Seeding, random-state capture and device selection shared by every domain."""
 
 from __future__ import annotations
 
 import os
 import random
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "select_device", "set_threads"]
+__all__ = ["seed_everything", "derived_seed", "rng_state", "set_rng_state", "select_device", "set_threads"]
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -45,3 +46,29 @@ def set_threads(n: int | None) -> None:
     if n < 0:
         raise ValueError(f"thread count must be positive, got {n}")
     torch.set_num_threads(n)
+
+
+def derived_seed(seed: int, *words: int) -> int:
+    """A 63-bit seed for a sub-stream (data order, split k, evaluation at epoch e) of the run seed ``seed``:
+    numpy's SeedSequence hashing, so sub-streams do not overlap the way seed + k would."""
+    return int(np.random.SeedSequence([seed, *words]).generate_state(1, np.uint64)[0]) >> 1
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global random state a training step may touch: python, numpy, torch CPU (which also keys the
+    native weight noise, ``reparam_apps.native.new_key``) and CUDA when it is in use. Checkpoints carry it
+    so that a resumed run continues the same streams."""
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` captured."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
