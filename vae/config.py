@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from reparam_apps import experiment as ex
 
 from .data import BINARIZE_MODES
-from .model import KL_MODES, LIKELIHOODS, SF_BASELINES
+from .model import KL_MODES, LIKELIHOODS, POSTERIORS, SF_BASELINES
 from .nets import ARCHS
 
 __all__ = ["VAEConfig", "MODELS", "DATASETS"]
@@ -51,6 +51,12 @@ class VAEConfig(ex.TrainConfig):
     """Pixel binarisation: dynamic (resampled every epoch), static (once) or none (grey levels)."""
     model: str = field(default="gaussian", metadata=_choices(MODELS))
     """Latent variables: gaussian, or categorical (Gumbel-Softmax relaxation for the pathwise estimator)."""
+    posterior: str = field(default="gaussian", metadata=_choices(POSTERIORS))
+    """q(z|x) of the Gaussian-latent model: a diagonal Gaussian, or that Gaussian pushed through --flow-steps
+    normalizing-flow steps (planar, iaf, affine or spline coupling) conditioned on the encoder's last hidden
+    layer; a flow has no closed-form KL, so it trains with --kl mc."""
+    flow_steps: int = 2
+    """Steps K of a flow --posterior (at least 1)."""
     estimator: str = field(default="pathwise", metadata=_choices(ESTIMATOR_CHOICES))
     """Encoder gradient: pathwise (reparameterized / Gumbel-Softmax) or score-function (REINFORCE with
     --sf-baseline)."""
@@ -67,7 +73,7 @@ class VAEConfig(ex.TrainConfig):
     """Decoder p(x|z): Bernoulli logits or a Gaussian."""
     decoder_std: float | None = None
     """Fixed standard deviation of the Gaussian decoder (none: learned per pixel)."""
-    kl: str = field(default="analytic", metadata=_choices(KL_MODES))
+    kl: str = field(default="analytic", metadata=_choices(KL_MODES, shown_default="analytic; mc with a flow posterior"))
     """KL term in training: closed form, or a Monte Carlo estimate on the drawn sample."""
     temperature: float = 1.0
     """Initial Gumbel-Softmax temperature tau_0 (categorical)."""
@@ -103,14 +109,18 @@ class VAEConfig(ex.TrainConfig):
 
     @classmethod
     def contextual_defaults(cls, given: dict[str, Any]) -> dict[str, Any]:
-        """Grey levels for the Gaussian decoder, binarised pixels for the Bernoulli one."""
-        return {"binarize": "none"} if given.get("likelihood") == "gaussian" else {}
+        """Grey levels for the Gaussian decoder, binarised pixels for the Bernoulli one; --kl mc with a flow
+        --posterior (which has no closed-form KL)."""
+        defaults = {"binarize": "none"} if given.get("likelihood") == "gaussian" else {}
+        if given.get("posterior", "gaussian") != "gaussian":  # a flow posterior has no closed-form KL
+            defaults["kl"] = "mc"
+        return defaults
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name, choices in (("dataset", DATASETS), ("binarize", BINARIZE_MODES), ("model", MODELS),
                               ("estimator", ESTIMATOR_CHOICES), ("arch", ARCHS), ("likelihood", LIKELIHOODS),
-                              ("kl", KL_MODES), ("sf_baseline", SF_BASELINES)):
+                              ("kl", KL_MODES), ("sf_baseline", SF_BASELINES), ("posterior", POSTERIORS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         for name in ("latent_dim", "n_classes", "sf_samples", "train_samples", "epochs", "batch_size", "iwae_n"):
@@ -139,6 +149,16 @@ class VAEConfig(ex.TrainConfig):
         if self.model == "categorical" and self.hard and self.kl == "mc" and self.estimator == "pathwise":
             raise ValueError("hard (straight-through) samples have no Concrete density for kl 'mc': pass --kl analytic "
                              "with --hard")
+        if self.posterior != "gaussian":
+            if self.model != "gaussian":
+                raise ValueError(f"posterior {self.posterior!r} is a flow on Gaussian latents: use --model gaussian "
+                                 "or drop --posterior")
+            _positive_int("flow_steps", self.flow_steps)
+            if self.kl == "analytic":
+                raise ValueError(f"posterior {self.posterior!r} has no closed-form KL: use --kl mc (its default)")
+            if self.estimator == "score-function" and self.posterior == "planar":
+                raise ValueError("posterior 'planar' cannot train with the score function (its inverse carries no "
+                                 "gradient): use --posterior iaf, affine or spline")
         if self.dataset == "mnist" and not self.data_dir:
             raise ValueError("dataset 'mnist' needs data_dir: pass --data-dir with the MNIST IDX files")
 

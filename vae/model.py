@@ -13,7 +13,8 @@ Everything is summed over pixels (and latent dims) and averaged over the batch: 
 Shapes: B batch, D = H*W pixels, L latent size, S samples per example, N categorical latents of K classes.
 
 The code is split by concern: ``vae.base`` (what both models share: likelihood, (1) and (3) plumbing, the
-surrogate of (5), save), ``vae.gaussian`` (``VAE``), ``vae.categorical`` (``CategoricalVAE``); this module
+surrogate of (5), save), ``vae.gaussian`` (``VAE``, with a Gaussian or a normalizing-flow posterior,
+eqs. (6)-(8) there), ``vae.categorical`` (``CategoricalVAE``); this module
 gathers the public names and loads checkpoints.
 """
 
@@ -38,11 +39,11 @@ from .base import (
     _BaseVAE,
 )
 from .categorical import CategoricalVAE, categorical_kl_uniform
-from .gaussian import VAE
+from .gaussian import FLOW_HIDDEN, POSTERIORS, VAE
 
 __all__ = ["VAE", "CategoricalVAE", "VAELossTerms", "EstimatorProblem", "load_model", "categorical_kl_uniform",
            "LOGVAR_RANGE", "DECODER_LOG_STD_RANGE", "ESTIMATORS", "SF_BASELINES", "LIKELIHOODS", "KL_MODES",
-           "CHECKPOINT_KIND", "model_from_checkpoint"]
+           "CHECKPOINT_KIND", "model_from_checkpoint", "POSTERIORS", "FLOW_HIDDEN"]
 
 
 _MODEL_CLASSES: dict[str, type[_BaseVAE]] = {"VAE": VAE, "CategoricalVAE": CategoricalVAE}

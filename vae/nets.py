@@ -3,6 +3,8 @@
 Both map flat vectors to flat vectors, so the models above them never care which one is in use:
 the encoder takes images (B, H, W) or flat pixels (B, H*W) and returns (B, out_dim); the decoder
 takes latents with any leading dims (..., in_dim) and returns (..., H*W * channels_out).
+An encoder's ``forward_features`` also returns its last hidden layer h (B, feature_dim): the context a flow
+posterior conditions on (Kingma et al. 2016, IAF).
 """
 
 from __future__ import annotations
@@ -29,9 +31,15 @@ class MLP(nn.Module):
             width = h
         layers.append(nn.Linear(width, out_dim))
         self.net = nn.Sequential(*layers)
+        self.feature_dim = width  # the last hidden width (in_dim without hidden layers)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(..., in_dim) -> the output (..., out_dim) and the last hidden layer (..., feature_dim)."""
+        h = self.net[:-1](x)
+        return self.net[-1](h), h
 
 
 class ConvEncoder(nn.Module):
@@ -46,11 +54,17 @@ class ConvEncoder(nn.Module):
             nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1), nn.ReLU(),  # (B, 2c, H/4, W/4)
         )
         self.head = MLP(2 * channels * (h // 4) * (w // 4), [hidden], out_dim)
+        self.feature_dim = hidden
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_features(x)[0]
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(..., H*W) -> the output (..., out_dim) and the dense hidden layer (..., feature_dim)."""
         lead = x.shape[:-1]
         img = x.reshape(-1, 1, *self.image_shape)  # (N, 1, H, W)
-        return self.head(self.conv(img).flatten(1)).reshape(*lead, -1)
+        out, h = self.head.forward_features(self.conv(img).flatten(1))
+        return out.reshape(*lead, -1), h.reshape(*lead, -1)
 
 
 class ConvDecoder(nn.Module):
