@@ -12,6 +12,7 @@ _IWAE = [_EQ + "test_iwae_starts_at_the_elbo_increases_with_k_and_converges_to_l
 _SF_GAUSS = _EQ + "test_gaussian_score_function_loss_is_the_reinforce_surrogate"
 _SF_CAT = _EQ + "test_categorical_score_function_loss_is_the_reinforce_surrogate"
 _GUMBEL = _EQ + "test_gumbel_softmax_loss_and_gradient_against_an_independent_relaxation"
+_FLOWS = "tests/test_vae_flows.py::"
 
 MUTANTS = [
     # -- the importance-weighted bound (3) ------------------------------------------------------------------------
@@ -119,5 +120,58 @@ MUTANTS = [
         "find": "return max(self.temperature_min, self.temperature * math.exp(-self.anneal_rate * step))",
         "replace": "return self.temperature * math.exp(-self.anneal_rate * step)",
         "tests": ["tests/test_vae_model.py::test_temperature_annealing_schedule"],
+    },
+    # -- the flow posterior (vae/gaussian.py eqs. (6)-(8)) ---------------------------------------------------------
+    {
+        "name": "vae-flow-training-kl-from-the-base-density",
+        "path": "vae/gaussian.py",
+        "find": "kl = mc_kl(q, prior, z=z, log_q=log_q)",
+        "replace": "kl = mc_kl(q.base, prior, z=z)",
+        "tests": [_FLOWS + "test_training_loss_uses_that_log_q_and_a_monte_carlo_kl"],
+    },
+    {
+        "name": "vae-flow-elbo-kl-sign",
+        "path": "vae/gaussian.py",
+        "find": "kl = (log_q - self.log_prior(z)).mean(0)  # eq. (8)",
+        "replace": "kl = (self.log_prior(z) - log_q).mean(0)  # eq. (8)",
+        "tests": [_FLOWS + "test_iwae_1_equals_the_elbo_and_iwae_k_is_the_log_mean_weight"],
+    },
+    {
+        "name": "vae-flow-context-dropped",
+        "path": "vae/gaussian.py",
+        "find": "return self.flow(mu, sigma, context=h, validate_args=False)",
+        "replace": "return self.flow(mu, sigma, context=torch.zeros_like(h), validate_args=False)",
+        "tests": [_FLOWS + "test_per_sample_log_q_is_the_base_density_minus_the_steps_log_dets"],
+    },
+    {
+        "name": "vae-flow-context-detached-from-the-encoder",
+        "path": "vae/nets.py",
+        "find": "return self.net[-1](h), h",
+        "replace": "return self.net[-1](h), h.detach()",
+        "tests": [_FLOWS + "test_per_sample_log_q_is_the_base_density_minus_the_steps_log_dets"],
+    },
+    {
+        "name": "vae-flow-score-function-log-q-along-the-sampling-path",
+        "path": "vae/gaussian.py",
+        "find": ("        z = q.sample((self.sf_samples,))  # (S, B, L)\n"
+                 "        log_q = q.log_prob(z)  # (S, B), differentiable in the encoder "
+                 "(a flow: through its inverse)\n"),
+        "replace": ("        z, log_q = q.rsample_and_log_prob((self.sf_samples,))\n"
+                    "        z = z.detach()\n"),
+        "tests": [_FLOWS + "test_score_function_loss_with_a_flow_is_the_reinforce_surrogate"],
+    },
+    {
+        "name": "vae-flow-reconstruct-at-the-base-mean",
+        "path": "vae/gaussian.py",
+        "find": "return self.decode(self._q(mu, log_var, h).transform(torch.zeros_like(mu)))",
+        "replace": "return self.decode(mu)",
+        "tests": [_FLOWS + "test_flow_vae_checkpoint_round_trips"],
+    },
+    {
+        "name": "vae-flow-cli-kl-default-stays-analytic",
+        "path": "vae/config.py",
+        "find": 'defaults["kl"] = "mc"',
+        "replace": "pass",
+        "tests": [_FLOWS + "test_a_flow_posterior_defaults_to_the_monte_carlo_kl_and_the_model_refuses_bad_input"],
     },
 ]
