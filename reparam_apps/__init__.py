@@ -6,7 +6,6 @@ shared by the SAC, BNN and VAE domains.
 """
 
 from . import experiment, native
-from .cli import progress
 from .distributions import (
     Gumbel,
     GumbelSoftmax,
@@ -38,7 +37,6 @@ from .experiment import (
     save_checkpoint,
 )
 from .kl import kl_divergence, kl_normal_normal, kl_normal_std_normal, mc_kl
-from .runs import RunDir
 from .utils import derived_seed, rng_state, seed_everything, select_device, set_rng_state, set_threads
 
 __version__ = "0.1.0"
@@ -50,7 +48,7 @@ __all__ = [
     "flatten_gradient",
     "kl_normal_normal", "kl_normal_std_normal", "mc_kl", "kl_divergence",
     "seed_everything", "derived_seed", "rng_state", "set_rng_state", "select_device", "set_threads",
-    "RunDir", "MetricsCSV", "save_checkpoint", "load_checkpoint", "CheckpointError",
+    "MetricsCSV", "save_checkpoint", "load_checkpoint", "CheckpointError",
     "atomic_write_bytes", "atomic_write_text",
-    "UserError", "DivergenceError", "run_cli", "progress", "native", "experiment",
+    "UserError", "DivergenceError", "run_cli", "native", "experiment",
 ]

@@ -1,12 +1,10 @@
 """Run folders, atomic checkpoints, metrics CSV, seeding, devices, CLI errors and data loaders."""
 
 import gzip
-import json
 import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ import torch
 
 import reparam_apps as ra
 from reparam_apps.data import DataError, load_digits, load_images, load_mnist, read_idx
-from reparam_apps.plotting import plot_curves
+from reparam_apps.experiment import plot_curves
 
 
 def test_atomic_write_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
@@ -67,20 +65,6 @@ def test_metrics_csv_widens_header_and_truncates_on_resume(tmp_path):
     again = ra.MetricsCSV(tmp_path / "metrics.csv")  # reopening reads the existing header
     again.append({"step": 3, "loss": 1.0, "alpha": 0.2})
     assert again.rows()[-1] == {"step": "3", "loss": "1", "alpha": "0.2"}
-
-
-def test_run_dir_writes_config_and_refuses_resume_of_non_run(tmp_path):
-    @dataclass
-    class Cfg:
-        lr: float = 1e-3
-        env: str = "Pendulum-v1"
-
-    run = ra.RunDir(tmp_path / "run", Cfg())
-    assert json.loads((tmp_path / "run" / "config.json").read_text()) == {"env": "Pendulum-v1", "lr": 0.001}
-    run.log({"step": 1})
-    assert (tmp_path / "run" / "metrics.csv").is_file()
-    with pytest.raises(FileNotFoundError, match="no config.json"):
-        ra.RunDir(tmp_path / "empty", resume=True)
 
 
 def test_seeding_reproduces_all_generators():

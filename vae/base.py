@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from reparam_apps import save_checkpoint
-from reparam_apps.runs import CheckpointError
+from reparam_apps.experiment import CheckpointError
 
 from .nets import ARCHS, make_decoder, make_encoder
 

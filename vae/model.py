@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from reparam_apps import load_checkpoint
-from reparam_apps.runs import CheckpointError
+from reparam_apps.experiment import CheckpointError
 
 from .base import (
     CHECKPOINT_KIND,
