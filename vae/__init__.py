@@ -1,5 +1,6 @@
-"""vae: a Gaussian VAE and a categorical (Gumbel-Softmax) VAE on the shared reparameterized core,
-each trainable with its pathwise estimator or with the score-function (REINFORCE) estimator."""
+"""vae: a Gaussian VAE (diagonal-Gaussian or normalizing-flow posterior) and a categorical (Gumbel-Softmax) VAE
+on the shared reparameterized core, each trainable with its pathwise estimator or with the score-function
+(REINFORCE) estimator."""
 
 from .data import BINARIZE_MODES, VAEData, binarize, load_vae_data
 from .model import (
@@ -7,6 +8,7 @@ from .model import (
     KL_MODES,
     LIKELIHOODS,
     LOGVAR_RANGE,
+    POSTERIORS,
     SF_BASELINES,
     VAE,
     CategoricalVAE,
@@ -22,4 +24,5 @@ __all__ = [
     "VAE", "CategoricalVAE", "VAELossTerms", "EstimatorProblem", "load_model", "categorical_kl_uniform",
     "VAEData", "load_vae_data", "binarize", "train_epoch", "evaluate_elbo", "evaluate", "evaluate_iwae", "beta_at",
     "ARCHS", "ESTIMATORS", "KL_MODES", "LIKELIHOODS", "LOGVAR_RANGE", "SF_BASELINES", "BINARIZE_MODES",
+    "POSTERIORS",
 ]
