@@ -29,7 +29,7 @@ from .base import (
 )
 from .loc_scale import Normal, broadcast_loc_scale
 
-__all__ = ["TanhNormal", "SquashBox"]
+__all__ = ["TanhNormal", "SquashBox", "tanh_squash"]
 
 td = torch.distributions
 
@@ -218,6 +218,20 @@ class TanhNormal(ReparamDistribution):
     @property
     def mean(self) -> Tensor:
         raise NotImplementedError("TanhNormal has no closed-form mean; use .mode or a sample average")
+
+
+def tanh_squash(u: Tensor, box: SquashBox | None = None) -> tuple[Tensor, Tensor]:
+    """The squash of (1) applied to any pre-squash sample u (a flow's, say), with its exact log-det (3):
+
+        action = mid + half tanh(u),   log |det d action / du| = sum_i [log(1 - tanh(u_i)^2) + log half_i]
+
+    so log q(action) = log q(u) - log_det, as in (2). Shapes: u (..., A) -> action (..., A), log_det (...).
+    Without a box the action is tanh(u) in [-1, 1]."""
+    log_det = TanhNormal.log_abs_det_jacobian(u)  # (..., A), elementwise (3)
+    if box is None:
+        return torch.tanh(u), log_det.sum(-1)
+    # log_half_range broadcasts: scalar bounds count once per coordinate
+    return torch.addcmul(box.mid, box.half_range, torch.tanh(u)), (log_det + box.log_half_range).sum(-1)
 
 
 def _fused_forward(loc, scale, eps, mid, half, event_dims: int, const) -> tuple[Tensor, Tensor, Tensor]:
