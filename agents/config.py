@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from reparam_apps import experiment as ex
+from reparam_apps.flows import FLOW_KINDS
 
-__all__ = ["SACConfig", "ENV_DEFAULTS", "config_for", "env_table"]
+__all__ = ["SACConfig", "ENV_DEFAULTS", "POLICIES", "config_for", "env_table"]
 
 DEFAULT_ENV = "Pendulum-v1"
+POLICIES = ("tanh-normal", "flow")  # --policy
 
 # Per-env defaults (RL zoo hyperparameters, github.com/DLR-RM/rl-baselines3-zoo hyperparams/sac.yml).
 # Anything not listed keeps the SACConfig default; flags / keyword arguments override both.
@@ -69,6 +71,11 @@ def _parse_alpha(text: str) -> float | None:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'auto'") from None
+
+
+def _choices(choices: tuple[str, ...]) -> dict[str, Any]:
+    """Field metadata for a string flag with these choices (shown as {a,b} in --help)."""
+    return {"choices": choices, "metavar": "{" + ",".join(choices) + "}"}
 
 
 def _check_names(cls: type, names: Any) -> None:
@@ -139,6 +146,14 @@ class SACConfig(ex.TrainConfig):
     """Parallel environments (gymnasium SyncVectorEnv)."""
     bf16: bool = False
     """Run the network matmuls of the update under bfloat16 autocast (CPU with avx512_bf16 / CUDA)."""
+    policy: str = field(default="tanh-normal", metadata=_choices(POLICIES))
+    """The actor's distribution: tanh-normal (the Gaussian squashed by tanh), or flow (the same Gaussian pushed
+    through a normalizing flow conditioned on the state's trunk features, then squashed)."""
+    policy_flow: str = field(default="iaf", metadata=_choices(FLOW_KINDS))
+    """The flow of ``--policy flow``: iaf (any action dim; exact, differentiable inverse), planar (any dim),
+    affine or spline (couplings: action dim >= 2)."""
+    policy_flow_steps: int = 2
+    """Flow steps K of ``--policy flow`` (alternating orders / halves between steps)."""
 
     MAY_CHANGE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"total_steps", "device", "threads"})
 
@@ -169,6 +184,12 @@ class SACConfig(ex.TrainConfig):
             raise ValueError(f"target_entropy must be a finite number (or None for -|A|), got {self.target_entropy!r}")
         if not isinstance(self.bf16, bool):
             raise ValueError(f"bf16 must be True or False, got {self.bf16!r}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.policy_flow not in FLOW_KINDS:
+            raise ValueError(f"policy_flow must be one of {', '.join(FLOW_KINDS)}, got {self.policy_flow!r}")
+        if not (_is_int(self.policy_flow_steps) and self.policy_flow_steps > 0):
+            raise ValueError(f"policy_flow_steps must be a positive integer, got {self.policy_flow_steps!r}")
         sizes = tuple(self.hidden_sizes) if isinstance(self.hidden_sizes, (tuple, list)) else ()
         if not sizes or not all(_is_int(h) and h > 0 for h in sizes):
             raise ValueError(f"hidden_sizes must be positive integer widths, got {self.hidden_sizes!r}")
