@@ -138,7 +138,8 @@ class Actor(nn.Module):
     def dist(self, obs: Tensor) -> TanhNormal | SquashedFlow:
         """pi(.|s) for a batch of observations (B, O): TanhNormal, or SquashedFlow with ``policy='flow'``."""
         h = self.trunk(obs)  # (B, H)
-        mu, log_std = self.head(h).float().chunk(2, dim=-1)  # (B, A) each, fp32 even under bf16
+        out = self.head(h)
+        mu, log_std = out.to(torch.promote_types(out.dtype, torch.float32)).chunk(2, dim=-1)  # (B, A), fp32 under bf16
         std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
         if self.flow is None:
             return TanhNormal(mu, std, box=self.box, validate_args=False)
