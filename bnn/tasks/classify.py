@@ -1,5 +1,9 @@
 """Classification (8x8 digits or MNIST): test error, NLL, calibration, out-of-distribution entropy and
-pruning by signal-to-noise (Blundell et al. 2015, Table 2)."""
+pruning by signal-to-noise (Blundell et al. 2015, Table 2).
+
+Under torchrun the training is data parallel (``bnn.train.Trainer``); each logged evaluation predicts on
+this rank's rows of the test set and gathers the probabilities, so the metrics are computed on all of them
+as one process does; the final evaluation (a one-off, on the trained model) runs on rank 0 alone."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import torch
 
 from reparam_apps import experiment as ex
 from reparam_apps.data import load_images
+from reparam_apps.experiment.distributed import DistInfo, gather_rows, shard, single_process
 
 from ..layers import mean_weights
 from ..likelihoods import CategoricalLikelihood
@@ -27,44 +32,58 @@ from ..predict import (
 from ..train import Trainer, make_mlp
 from .loop import restore, seeded, train_epochs
 
-__all__ = ["classification_metrics", "run_classify"]
+__all__ = ["classification_metrics", "test_set_metrics", "run_classify"]
 
 EPOCH_TEST_SAMPLES = 8  # the per-epoch test metrics' Monte Carlo samples (at most): cheap, and a fixed estimator
 
 
-def classification_metrics(pred: ClassificationPrediction, labels: torch.Tensor) -> dict[str, float]:
-    """Test error, NLL, Brier score and 15-bin ECE of a prediction."""
-    return {"error": 1.0 - accuracy(pred.probs, labels), "nll": categorical_nll(pred.probs, labels),
-            "brier": brier_score(pred.probs, labels), "ece": expected_calibration_error(pred.probs, labels, 15)}
+def classification_metrics(pred: ClassificationPrediction | torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Test error, NLL, Brier score and 15-bin ECE of a prediction (or of its probabilities (N, K))."""
+    probs = pred if isinstance(pred, torch.Tensor) else pred.probs
+    return {"error": 1.0 - accuracy(probs, labels), "nll": categorical_nll(probs, labels),
+            "brier": brier_score(probs, labels), "ece": expected_calibration_error(probs, labels, 15)}
 
 
-def run_classify(run: ex.Run, device: torch.device) -> int | None:
+def test_set_metrics(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, n_samples: int,
+                 info: DistInfo) -> dict[str, float]:
+    """``classification_metrics`` of ``predict(model, x, n_samples)``; under torchrun each rank predicts its
+    rows of x and the probabilities are gathered, so every rank gets the metrics of the whole set."""
+    if not info.distributed:
+        return classification_metrics(predict(model, x, n_samples=n_samples), labels)
+    mine = shard(torch.arange(len(x), device=x.device), info)
+    probs = gather_rows(predict(model, x[mine], n_samples=n_samples).probs, len(x), info)  # (N, K)
+    return classification_metrics(probs, labels)
+
+
+def run_classify(run: ex.Run, device: torch.device, dist_info: DistInfo | None = None) -> int | None:
     """Train on the images (resumable, test metrics every logged epoch), then evaluate the final model with
-    the full test samples; writes reliability.png, test_error.png and the summary. 130 after a saved Ctrl-C."""
+    the full test samples; writes reliability.png, test_error.png and the summary. 130 after a saved Ctrl-C.
+    ``dist_info``: this process's place under torchrun (one process if None)."""
     cfg = run.config
+    info = dist_info or single_process()
     data = load_images(cfg.dataset, cfg.data_dir, seed=cfg.seed)
     flat = lambda t: t.reshape(len(t), -1).to(device)  # noqa: E731  (N, H, W) -> (N, H W)
     x_tr, y_tr, x_te, y_te = flat(data.x_train), data.y_train.to(device), flat(data.x_test), data.y_test.to(device)
     model = make_mlp(x_tr.shape[1], data.n_classes, cfg.hidden, cfg.layers, **cfg.layer_kwargs()).to(device)
     likelihood = CategoricalLikelihood()
     trainer = Trainer(model, likelihood, x_tr, y_tr, batch_size=cfg.batch_size, lr=cfg.lr,
-                      n_samples=cfg.train_samples, kl_schedule=cfg.kl_schedule, seed=cfg.seed)
+                      n_samples=cfg.train_samples, kl_schedule=cfg.kl_schedule, seed=cfg.seed, dist_info=info)
 
     def evaluate(epoch: int) -> dict[str, float]:
         with seeded(device, cfg.seed, 0xE7A1, epoch):
-            pred = predict(model, x_te, n_samples=min(cfg.test_samples, EPOCH_TEST_SAMPLES))
-        return {f"test_{k}": v for k, v in classification_metrics(pred, y_te).items()}
+            metrics = test_set_metrics(model, x_te, y_te, min(cfg.test_samples, EPOCH_TEST_SAMPLES), info)
+        return {f"test_{k}": v for k, v in metrics.items()}
 
     state = restore(run, trainer)
     if state is None:
         with seeded(device, cfg.seed, 0xE7A1, 0):
-            initial = classification_metrics(predict(model, x_te, n_samples=cfg.test_samples), y_te)
+            initial = test_set_metrics(model, x_te, y_te, cfg.test_samples, info)
         start = 0
     else:
         initial, start = state["initial"], int(state["step"])
     code = train_epochs(run, trainer, f"classify {cfg.dataset}", start, evaluate=evaluate, keep={"initial": initial},
                         status=("loss", "test_error"))
-    if code is not None:
+    if code is not None or not run.writable:  # the final evaluation and the files: the main rank's
         return code
     with seeded(device, cfg.seed, 0xF1A1):
         summary, pred = _final_evaluation(model, x_te, y_te, data.x_test, cfg.test_samples, device)

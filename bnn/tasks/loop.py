@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from reparam_apps import experiment as ex
+from reparam_apps.experiment.distributed import any_rank
 
 from ..train import Trainer, derived_seed, rng_state, set_rng_state
 
@@ -57,7 +58,8 @@ def train_epochs(run: ex.Run, trainer: Trainer, desc: str, start: int = 0,
                  status: Sequence[str] = ("loss",)) -> int | None:
     """Epochs ``start + 1 .. config.epochs``: a metrics row (and ``evaluate(epoch)``'s columns) and a
     checkpoint every --log-every epochs and at the last, the loss checked for NaN every epoch (exit 3),
-    and a first Ctrl-C saved at the end of its epoch. Returns 130 after a saved Ctrl-C, else None.
+    and a first Ctrl-C saved at the end of its epoch (under torchrun: when any rank saw it, all stop there).
+    Returns 130 after a saved Ctrl-C, else None.
 
     Args:
         keep: what every checkpoint carries besides the training state (e.g. the initial test metrics).
@@ -84,11 +86,12 @@ def train_epochs(run: ex.Run, trainer: Trainer, desc: str, start: int = 0,
                             step_key="epoch")
                     t0, n0 = now, epoch
                     bar.status(**{k: row[k] for k in status})
-                if boundary or run.stop_requested:
+                stop = any_rank(run.stop_requested, trainer.info)
+                if boundary or stop:
                     state = {"model": model.state_dict(), "likelihood": likelihood.state_dict(),
                              "trainer": trainer.state_dict(), "rng": rng_state(), **(keep or {})}
                     run.save_checkpoint(state, KIND, epoch, check=[model, likelihood], unit="epoch")
-                if run.stop_requested and epoch < cfg.epochs:
+                if stop and epoch < cfg.epochs:
                     return run.interrupted(f"epoch {epoch}")
     finally:
         bar.close()

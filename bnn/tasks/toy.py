@@ -7,6 +7,7 @@ import math
 import torch
 
 from reparam_apps import experiment as ex
+from reparam_apps.experiment.distributed import DistInfo
 
 from ..layers import set_sampling
 from ..likelihoods import GaussianLikelihood
@@ -28,19 +29,20 @@ def toy_data(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, toy_curve(x, 0.02 * torch.randn(n, 1))
 
 
-def run_toy(run: ex.Run, device: torch.device) -> int | None:
+def run_toy(run: ex.Run, device: torch.device, dist_info: DistInfo | None = None) -> int | None:
     """Train the BNN (resumable), then a deterministic net of the same size, and compare their predictions
-    on [-0.4, 1.2]; writes toy_regression.png, loss.png and the summary. Returns 130 after a saved Ctrl-C."""
+    on [-0.4, 1.2]; writes toy_regression.png, loss.png and the summary. Returns 130 after a saved Ctrl-C.
+    ``dist_info``: under torchrun the BNN trains data parallel; the rest (seconds) runs on rank 0 alone."""
     cfg = run.config
     x, y = (t.to(device) for t in toy_data(cfg.n_train))
     model = make_mlp(1, 1, cfg.hidden, cfg.layers, **cfg.layer_kwargs()).to(device)
     likelihood = GaussianLikelihood(init_std=0.1).to(device)
     trainer = Trainer(model, likelihood, x, y, batch_size=cfg.batch_size, lr=cfg.lr, n_samples=cfg.train_samples,
-                      kl_schedule=cfg.kl_schedule, seed=cfg.seed)
+                      kl_schedule=cfg.kl_schedule, seed=cfg.seed, dist_info=dist_info)
     state = restore(run, trainer)
     start = 0 if state is None else int(state["step"])
     code = train_epochs(run, trainer, "toy BNN", start)
-    if code is not None:
+    if code is not None or not run.writable:
         return code
     # the baseline: not checkpointed (seconds), and a function of the state the last checkpoint holds
     baseline = make_mlp(1, 1, cfg.hidden, cfg.layers, bayesian=False).to(device)
