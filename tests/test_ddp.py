@@ -45,7 +45,7 @@ def noise_free():
 
     make_mlp, sample_noise = classify.make_mlp, loc_scale._Gaussian.sample_noise
     classify.make_mlp = lambda *a, **k: bnn.set_noise(make_mlp(*a, **k), "mean")
-    loc_scale._Gaussian.sample_noise = lambda self, shape=(): torch.zeros(self._noise_shape(shape))
+    loc_scale._Gaussian.sample_noise = lambda self, shape=(): self.loc.new_zeros(self._noise_shape(shape))
     try:
         yield
     finally:
@@ -213,3 +213,86 @@ def test_vae_two_ranks_take_the_global_batch_steps_and_reduce_the_evaluation(ran
     s = json.loads((root / "vae_mean" / "summary.json").read_text())
     assert _close(s["test_elbo"], final, abs_=1e-5) and _close(s["iwae"], iwae, abs_=1e-5)
     assert (root / "vae_mean" / "samples.png").is_file()  # rank 0 wrote the figures
+
+
+# -- bad input under torchrun: one line (exit 2 from the console command), before a folder is made ---------------
+def test_torchrun_refuses_uci_and_worlds_larger_than_the_batch_or_the_data(tmp_path, monkeypatch):
+    """As rank 0 of a larger world (init_distributed patched: no group is needed to refuse)."""
+    import bnn.cli
+    import vae.cli
+    from reparam_apps.experiment import distributed as D
+
+    def world(n: int) -> None:
+        monkeypatch.setattr(D, "init_distributed", lambda device=None: (DistInfo(0, n), device))
+
+    world(2)
+    with pytest.raises(ex.UserError, match=r"uci under torchrun \(2 processes\).*--workers N instead"):
+        bnn.cli.main(["uci", "--dataset", "yacht", "--data-dir", str(tmp_path), "--out", str(tmp_path / "a")])
+    with pytest.raises(ex.UserError, match="^2 processes with --batch-size 1: every process needs at least one item"):
+        bnn.cli.main(["classify", "--batch-size", "1", "--out", str(tmp_path / "b")])
+    world(3)
+    with pytest.raises(ex.UserError, match="^3 processes for a training set of 2 items with --batch-size 64"):
+        bnn.cli.main(["toy", "--n-train", "2", "--out", str(tmp_path / "c")])
+    world(2000)
+    with pytest.raises(ex.UserError, match=f"^2000 processes for a training set of {N_TRAIN} items"):
+        vae.cli.main(["--batch-size", "4000", "--out", str(tmp_path / "d")])
+    assert not any(tmp_path.iterdir())
+
+
+# -- CUDA (marked gpu; skipped without a device) ----------------------------------------------------------------
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_both_entry_points_train_on_cuda(tmp_path):
+    import bnn.cli
+    import vae.cli
+
+    assert vae.cli.main([*VAE_ARGS, "--device", "cuda", "--out", str(tmp_path / "vae")]) == 0
+    assert bnn.cli.main([*CLASSIFY, "--device", "cuda", "--out", str(tmp_path / "bnn")]) == 0
+    for folder in ("vae", "bnn"):
+        rows = _rows(tmp_path / folder)
+        assert len(rows) == 2 and all(math.isfinite(v) for r in rows for v in r.values())
+    assert json.loads((tmp_path / "vae" / "config.json").read_text())["config"]["device"] == "cuda"
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cpu_and_cuda_give_the_same_noise_free_losses():
+    """The same init, order and (noise-free) steps on both devices: float32 kernels that sum in other orders
+    (relative ~1e-6 per reduction) keep the epoch losses within 1e-4 relative and parameters within 1e-4 after
+    the 16 (VAE) and 32 (BNN) Adam steps of two epochs; a device-specific path (a CPU-only tensor, a lost
+    weight) moves them by O(1)."""
+    import bnn
+    from bnn.config import BNNConfig
+    from reparam_apps.data import load_images
+    from vae.config import VAEConfig
+    from vae.train import build_model, epoch_order, load_data, train_epoch
+
+    cfg = ex.build_config(VAEConfig, ex.parse_cli(VAEConfig, VAE_ARGS).given)
+    bcfg = ex.build_config(BNNConfig, ex.parse_cli(BNNConfig, CLASSIFY).given)
+    digits = load_images("digits", None, seed=0)
+    x = digits.x_train.reshape(len(digits.x_train), -1)
+    losses, params = {}, {}
+    with noise_free():
+        for device in ("cpu", "cuda"):
+            torch.manual_seed(0)
+            data = load_data(cfg, torch.device(device))
+            model = build_model(cfg, data.image_shape).to(device)
+            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+            step, curve = 0, []
+            for epoch in range(cfg.epochs):
+                train, step = train_epoch(model, optimizer, data.train(epoch), cfg.batch_size, step,
+                                          perm=epoch_order(0, epoch, data.n_train))
+                curve.append(train["elbo"])
+            torch.manual_seed(0)
+            net = bnn.set_noise(bnn.make_mlp(x.shape[1], 10, bcfg.hidden, bcfg.layers, **bcfg.layer_kwargs()), "mean")
+            trainer = bnn.Trainer(net.to(device), bnn.CategoricalLikelihood(), x.to(device), digits.y_train.to(device),
+                                  batch_size=bcfg.batch_size, lr=bcfg.lr, seed=0)
+            curve += [trainer.epoch()["loss"] for _ in range(2)]
+            losses[device] = curve
+            params[device] = [p.detach().cpu() for p in [*model.parameters(), *net.parameters()]]
+    assert losses["cpu"] == pytest.approx(losses["cuda"], rel=1e-4)
+    for a, b in zip(params["cpu"], params["cuda"], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)

@@ -45,6 +45,19 @@ def test_one_process_is_unchanged_and_bad_worlds_are_refused(monkeypatch):
     assert D.shard(torch.arange(5), info).tolist() == [0, 1, 2, 3, 4]
     with pytest.raises(D.UserError, match="4 processes for a training set of 3 items"):
         D.check_world_size(3, 128, D.DistInfo(rank=0, world_size=4))
+    with pytest.raises(D.UserError, match="^4 processes with --batch-size 3: "):
+        D.check_world_size(None, 3, D.DistInfo(rank=0, world_size=4))
+    D.check_world_size(4, 4, D.DistInfo(rank=3, world_size=4))  # one item each: fine
+    with pytest.raises(D.UserError, match="needs the NCCL backend"):
+        D.rank_device(torch.device("cuda"), D.DistInfo(rank=0, world_size=2, backend="gloo"))
+    # eq. (1): the weights of the shares of a global batch of 5 average to 1 over the ranks
+    w = [D.batch_weight(len(D.shard(torch.arange(5), D.DistInfo(r, 2))), 5, D.DistInfo(r, 2)) for r in range(2)]
+    assert w == [2 * 3 / 5, 2 * 2 / 5] and sum(w) / 2 == 1.0
+    seeds = {D.rank_seed(0, D.DistInfo(r, 4), e) for r in range(4) for e in range(3)}
+    assert len(seeds) == 12 and D.rank_seed(0, D.DistInfo(1, 4), 2) == D.rank_seed(0, D.DistInfo(1, 2), 2)
+    lin = torch.nn.Linear(2, 3)
+    D.zero_loss(lin).backward()  # an empty share: zero gradients on every parameter
+    assert all(p.grad is not None and not p.grad.any() for p in lin.parameters())
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(D.dist, "is_backend_available", lambda name: False)
     with pytest.raises(D.UserError, match="no gloo backend"):
@@ -60,7 +73,10 @@ def _open_run(rank: int, world: int, root: str, occupied: str) -> None:
     assert (info.rank, info.world_size, info.backend) == (rank, world, "gloo") and device.type == "cpu"
     mine = D.shard(torch.arange(10), info)
     result = {"mine": mine, "sums": D.reduce_sums({"loss_sum": float(mine.sum()), "count": mine.numel()}, info),
-              "sent": D.broadcast_object(f"from-{rank}", info)}
+              "sent": D.broadcast_object(f"from-{rank}", info),
+              "gathered": D.gather_rows(D.shard(torch.arange(14.0).reshape(7, 2), info), 7, info),
+              "summed": D.all_reduce_sum(torch.tensor([1.0, rank]), info),
+              "any": (D.any_rank(rank == 1, info), D.any_rank(False, info))}
     try:  # an occupied --out: every rank gets the main rank's error, none hangs
         ex.start_or_resume("toy", ex.parse_cli(ToyConfig, ["--out", occupied]), name="toy", root=root, quiet=True,
                            dist_info=info)
@@ -87,6 +103,9 @@ def test_two_gloo_processes_shard_reduce_broadcast_and_share_one_run_folder(tmp_
     assert sorted(torch.cat([r0["mine"], r1["mine"]]).tolist()) == list(range(10))  # disjoint, complete
     assert r0["sums"] == r1["sums"] == {"count": 10.0, "loss_sum": 45.0}  # what one process computes
     assert r0["sent"] == r1["sent"] == "from-0"
+    for r in (r0, r1):  # the inverse of shard, on every rank; sums and a flag one rank raised, on every rank
+        assert r["gathered"].tolist() == torch.arange(14.0).reshape(7, 2).tolist()
+        assert r["summed"].tolist() == [2.0, 1.0] and r["any"] == (True, False)
     assert "already holds a run" in r0["error"] and r0["error"] == r1["error"]
     assert r0["path"] == r1["path"] and (r0["writable"], r1["writable"]) == (True, False)
     assert r0["lr"] == r1["lr"] == 0.3
