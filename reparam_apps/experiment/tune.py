@@ -260,7 +260,7 @@ def load_space(path: str | Path) -> Any:
 def space_text(space: Mapping[str, Mapping[str, Any]]) -> str:
     """A space in the file format, one parameter a line (valid YAML)."""
     def text(v: Any) -> str:
-        return json.dumps(v) if not isinstance(v, float) else repr(v)
+        return v if isinstance(v, str) else repr(v) if isinstance(v, float) else json.dumps(v)
     return "".join(f"{name}: {{{', '.join(f'{k}: {text(v)}' for k, v in entry.items())}}}\n"
                    for name, entry in space.items())
 
