@@ -64,6 +64,30 @@ def test_one_process_is_unchanged_and_bad_worlds_are_refused(monkeypatch):
         D.init_distributed(torch.device("cpu"))
 
 
+def test_one_ctrl_c_delivered_twice_under_torchrun_is_one_press():
+    """torchrun forwards the terminal's SIGINT to workers that already got it: within the window the second
+    delivery is dropped (the first asks for a save); a later press gets through; one process is untouched."""
+    import signal
+    import time
+
+    calls = []
+    before = signal.signal(signal.SIGINT, lambda signum, frame: calls.append(time.monotonic()))
+    try:
+        with D.one_interrupt_per_press(D.DistInfo(rank=0, world_size=2), window=0.2):
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            assert len(calls) == 1
+            time.sleep(0.3)
+            os.kill(os.getpid(), signal.SIGINT)
+            assert len(calls) == 2
+        with D.one_interrupt_per_press(D.DistInfo()):
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        assert len(calls) == 4
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def _open_run(rank: int, world: int, root: str, occupied: str) -> None:
     from test_experiment import ToyConfig
 

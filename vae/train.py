@@ -39,6 +39,7 @@ from reparam_apps.experiment.distributed import (
     batch_weight,
     check_world_size,
     data_parallel,
+    one_interrupt_per_press,
     rank_device,
     rank_seed,
     shard,
@@ -268,7 +269,7 @@ def train_run(run: ex.Run, data: VAEData | None = None, dist_info: DistInfo | No
         run.save_checkpoint(state, CHECKPOINT_KIND, epoch, check=[model], unit="epoch")
 
     t_window, n_window = time.perf_counter(), 0
-    with run.interruptible():
+    with run.interruptible(), one_interrupt_per_press(info):
         while epoch < cfg.epochs:
             perm = None
             if info.distributed:  # the shared order, and this rank's own noise: both functions of the epoch

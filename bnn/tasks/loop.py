@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from reparam_apps import experiment as ex
-from reparam_apps.experiment.distributed import any_rank
+from reparam_apps.experiment.distributed import any_rank, one_interrupt_per_press
 
 from ..train import Trainer, derived_seed, rng_state, set_rng_state
 
@@ -70,7 +70,7 @@ def train_epochs(run: ex.Run, trainer: Trainer, desc: str, start: int = 0,
     bar = run.progress(cfg.epochs, desc, unit="epoch", initial=start)
     t0, n0 = time.perf_counter(), start
     try:
-        with run.interruptible():
+        with run.interruptible(), one_interrupt_per_press(trainer.info):
             for epoch in range(start + 1, cfg.epochs + 1):
                 row: dict[str, Any] = {"epoch": epoch, **trainer.epoch()}
                 run.check_finite({"loss": row["loss"]}, epoch, unit="epoch")

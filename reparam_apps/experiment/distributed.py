@@ -17,8 +17,12 @@ the ranks' gradients also averages independent Monte Carlo draws.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+import signal
+import threading
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +34,7 @@ from .errors import UserError
 
 __all__ = ["DistInfo", "init_distributed", "rank_device", "shard", "check_world_size", "batch_weight", "rank_seed",
            "reduce_sums", "all_reduce_sum", "any_rank", "gather_rows", "broadcast_object", "barrier", "data_parallel",
-           "zero_loss", "shutdown", "single_process"]
+           "zero_loss", "one_interrupt_per_press", "shutdown", "single_process"]
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,35 @@ def zero_loss(module: nn.Module) -> Tensor:
     """0 with a (zero) gradient path to every parameter: the loss of a rank whose share of a global batch is
     empty, which must still join the gradient all-reduce."""
     return sum(p.sum() for p in module.parameters() if p.requires_grad) * 0.0
+
+
+@contextlib.contextmanager
+def one_interrupt_per_press(info: DistInfo, window: float = 2.0) -> Iterator[None]:
+    """Under torchrun one Ctrl-C reaches each worker twice: from the terminal, and forwarded by torchrun
+    (which kills the workers 30 s later). Inside ``Run.interruptible()``, this makes SIGINTs within ``window``
+    seconds of the first count as one, so a single press asks for the save instead of stopping unsaved; a
+    press after the window still stops at once. Nothing changes for one process or outside the main thread."""
+    if not info.distributed or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    inner = signal.getsignal(signal.SIGINT)
+    first = [-float("inf")]
+
+    def on_sigint(signum: int, frame: object) -> None:
+        now = time.monotonic()
+        if now - first[0] < window:
+            return  # the same press, delivered again
+        first[0] = now
+        if callable(inner):
+            inner(signum, frame)
+        elif inner != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, inner)
 
 
 def shutdown(info: DistInfo, wait: bool = True) -> None:
