@@ -3,8 +3,9 @@
     reparam-compare --quick          # or: python scripts/compare_domains.py --quick
 
 Modules: ``config`` (CompareConfig), ``stats`` (bias z-test, variance, SNR against a reference),
-``domains`` (toy, discrete, bnn, sac), ``digits_vae`` (the VAE domain and its learning curves), ``curves``,
-``report`` (table, figures, reading a run back), ``cli`` (the entry point).
+``domains`` (toy, discrete, bnn, sac), ``digits_vae`` (the VAE domain and its learning curves), ``flows``
+(the flow-posterior VAE and the flow policy), ``curves``, ``report`` (table, figures, reading a run back),
+``cli`` (the entry point).
 """
 
 from .config import DOMAINS, CompareConfig

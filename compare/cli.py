@@ -9,8 +9,9 @@ estimators, with and without baselines, on the real objective of each domain.
 
 (``python scripts/compare_domains.py`` is the same command.) Domains: toy objectives under N(mu, sigma^2)
 (closed-form variances, Mohamed et al. 2020), a categorical latent (Gumbel-Softmax vs score function), the
-VAE encoder, a Bayes-by-Backprop layer (plain weight noise, local reparameterization, Flipout), and the SAC
-actor at a fixed critic; then learning curves with each estimator on the same budget (toy and VAE).
+VAE encoder, a Bayes-by-Backprop layer (plain weight noise, local reparameterization, Flipout), the SAC
+actor at a fixed critic, and normalizing flows (the VAE's IAF posterior and SAC's IAF policy); then learning
+curves with each estimator on the same budget (toy and VAE).
 
 Each run gets a fresh folder runs/compare/<domains>_s<seed>_<time> (or --out) holding config.json,
 measurements.csv, learning_curves.csv, speed.csv (seconds per domain), table.md, variance_bars.png,

@@ -10,7 +10,7 @@ from reparam_apps import experiment as ex
 
 __all__ = ["CompareConfig", "DOMAINS", "QUICK_REPEATS", "QUICK_CURVE_STEPS"]
 
-DOMAINS = ("toy", "discrete", "vae", "bnn", "sac")
+DOMAINS = ("toy", "discrete", "vae", "bnn", "sac", "flows")
 QUICK_REPEATS, QUICK_CURVE_STEPS = 120, 300  # --quick caps --repeats and --curve-steps at these
 
 
@@ -26,8 +26,8 @@ class CompareConfig(ex.TrainConfig):
     """Small budgets everywhere (--repeats at most 120, --curve-steps at most 300, shorter pre-training): a
     smoke run in about a minute on 2 CPU cores."""
     domains: tuple[str, ...] = field(default=DOMAINS, metadata={"metavar": "DOMAIN"})
-    """Domains to measure, in the order given: toy, discrete, vae, bnn, sac (the learning curves come with
-    toy and vae)."""
+    """Domains to measure, in the order given: toy, discrete, vae, bnn, sac, flows (the learning curves come
+    with toy and vae)."""
     repeats: int = 400
     """Independent gradient estimates per estimator (the variance and bias are computed over them)."""
     n_samples: int = 4

@@ -20,9 +20,10 @@ from vae.train import evaluate_elbo, train_epoch
 from .config import CompareConfig
 from .stats import Row, StopRequested, measure, never, reference
 
-__all__ = ["BATCH_SIZE", "LR", "digits_data", "train_digits_vae", "vae_domain", "vae_curves"]
+__all__ = ["BATCH_SIZE", "LR", "FLOW_HIDDEN", "digits_data", "train_digits_vae", "vae_domain", "vae_curves"]
 
 BATCH_SIZE, LR = 64, 3e-3
+FLOW_HIDDEN = (64,)  # each flow step's MADE width with a flow posterior (the encoder's width)
 CURVE_POINTS = 30  # about this many test-ELBO points per learning curve
 CURVE_EVAL_SAMPLES = 8  # latent samples per test image in a curve's ELBO
 
@@ -33,7 +34,8 @@ def digits_data(seed: int) -> VAEData:
 
 
 def train_digits_vae(cfg: CompareConfig, data: VAEData, estimator: str, baseline: str, steps: int,
-                     curve: bool = False, stop: Callable[[], bool] = never) -> tuple[VAE, list[tuple[int, float]]]:
+                     curve: bool = False, stop: Callable[[], bool] = never, posterior: str = "gaussian",
+                     flow_steps: int = 2) -> tuple[VAE, list[tuple[int, float]]]:
     """A digits VAE (seeded init: every estimator starts from the same weights) trained for ``steps`` gradient
     steps rounded up to whole epochs, Adam at LR, minibatches of BATCH_SIZE.
 
@@ -42,12 +44,13 @@ def train_digits_vae(cfg: CompareConfig, data: VAEData, estimator: str, baseline
         curve: also return the test ELBO (nats per image) at step 0 and about every steps / CURVE_POINTS
             steps, evaluated on common random numbers (seed + 1) outside the training stream.
         stop: polled after every minibatch; True raises ``StopRequested``.
+        posterior, flow_steps: ``vae.VAE``'s posterior ('gaussian' or a flow kind, of FLOW_HIDDEN-wide steps).
     Returns:
         The model and the curve [(step, test ELBO)] (empty unless ``curve``).
     """
     torch.manual_seed(cfg.seed)
     model = VAE(image_shape=data.image_shape, latent_dim=8, hidden=(64,), estimator=estimator, sf_baseline=baseline,
-                sf_samples=cfg.n_samples)
+                sf_samples=cfg.n_samples, posterior=posterior, flow_steps=flow_steps, flow_hidden=FLOW_HIDDEN)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     steps_per_epoch = math.ceil(data.n_train / BATCH_SIZE)
     epochs = math.ceil(steps / steps_per_epoch)

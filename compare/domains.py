@@ -23,10 +23,11 @@ from reparam_apps.toy import TOY_OBJECTIVES
 
 from .config import CompareConfig
 from .digits_vae import vae_domain
+from .flows import flows_domain
 from .stats import Row, StopRequested, exact_reference, measure, never, reference
 
 __all__ = ["DOMAIN_FUNCTIONS", "TOY_KS", "TOY_MU", "TOY_SIGMA", "toy_domain", "discrete_domain", "vae_domain",
-           "bnn_domain", "sac_domain"]
+           "bnn_domain", "sac_domain", "flows_domain"]
 
 Stop = Callable[[], bool]
 
@@ -221,4 +222,5 @@ def sac_domain(cfg: CompareConfig, stop: Stop = never) -> list[Row]:
 
 
 DOMAIN_FUNCTIONS: dict[str, Callable[[CompareConfig, Stop], list[Row]]] = {
-    "toy": toy_domain, "discrete": discrete_domain, "vae": vae_domain, "bnn": bnn_domain, "sac": sac_domain}
+    "toy": toy_domain, "discrete": discrete_domain, "vae": vae_domain, "bnn": bnn_domain, "sac": sac_domain,
+    "flows": flows_domain}

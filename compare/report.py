@@ -50,18 +50,19 @@ def write_table(rows: Sequence[Row], path: str | os.PathLike) -> str:
 
 
 def plot_variance_bars(rows: Sequence[Row], path: str | os.PathLike) -> None:
-    """One panel per non-toy domain: each estimator's total variance (log scale)."""
-    domains = [d for d in DOMAINS if d != "toy" and any(r.domain == d for r in rows)]
-    if not domains:
+    """One panel per case of each non-toy domain: each estimator's total variance (log scale)."""
+    cases = list(dict.fromkeys((r.domain, r.case) for d in DOMAINS if d != "toy" for r in rows if r.domain == d))
+    if not cases:
         return
-    fig, axes = subplots(1, len(domains), figsize=(3.6 * len(domains), 3.6), squeeze=False)
-    for ax, d in zip(axes[0], domains, strict=True):
-        rs = [r for r in rows if r.domain == d]
+    fig, axes = subplots(1, len(cases), figsize=(3.6 * len(cases), 3.6), squeeze=False)
+    for ax, (d, case) in zip(axes[0], cases, strict=True):
+        rs = [r for r in rows if (r.domain, r.case) == (d, case)]
         colors = ["tab:blue" if not r.estimator.startswith("score") else "tab:red" for r in rs]
         ax.bar(range(len(rs)), [r.total_variance for r in rs], color=colors)
         ax.set_xticks(range(len(rs)), [r.estimator for r in rs], rotation=45, ha="right")
         ax.set_yscale("log")
-        ax.set_title(d)
+        several = sum(c[0] == d for c in cases) > 1
+        ax.set_title(f"{d}: {case}" if several else d, fontsize=9 if several else None)
     axes[0][0].set_ylabel("total gradient variance (log)")
     fig.suptitle("Gradient variance per estimator (blue: pathwise family, red: score function)")
     save_figure(fig, path)

@@ -134,6 +134,31 @@ def test_score_function_variance_exceeds_pathwise_in_vae_and_bnn(quick):
     assert sac["score+loo"].total_variance < 0.01 * sac["score"].total_variance  # the baseline matters there
 
 
+def _mean_error_bound(r, path, repeats_ref: int) -> float:
+    """A bound on |E_hat g - reference| that a correct (unbiased) estimator's mean exceeds with probability
+    <= e^-9 ~ 1e-4: d = mean of R estimates - mean of R_ref pathwise estimates is ~N(0, Sigma) (CLT) with
+    tr Sigma = V / R + V_path / R_ref, and |d|^2 <= tr Sigma (1 + 2 sqrt(t) + 2 t) = 25 tr Sigma at t = 9
+    (Laurent-Massart, with tr Sigma^2 <= (tr Sigma)^2 and ||Sigma|| <= tr Sigma)."""
+    return 5.0 * math.sqrt(r.total_variance / r.repeats + path.total_variance / repeats_ref)
+
+
+def test_flows_pathwise_has_lower_variance_and_agrees_with_the_score_function_in_mean(quick):
+    cases = {}
+    for r in quick["rows"]:
+        if r.domain == "flows":
+            cases.setdefault(r.case, {})[r.estimator] = r
+    assert set(cases) == {"VAE encoder (IAF posterior)", "SAC actor (IAF policy)"}
+    repeats_ref = CompareConfig().reference_factor * next(iter(cases.values()))["pathwise"].repeats
+    for case, rows in cases.items():
+        path, score = rows["pathwise"], rows["score"]
+        # observed ~1e3x (VAE) and ~6e3x (policy); a 10x margin is far outside the variances' sampling error
+        assert score.total_variance > 10 * path.total_variance, case
+        # both means sit within the bound of the same reference, so within the sum of the bounds of each other
+        for r in (path, score):
+            assert r.bias < _mean_error_bound(r, path, repeats_ref), (case, r.estimator, r.bias)
+        assert path.snr > score.snr, case
+
+
 def test_learning_curves_pathwise_ends_best(quick):
     toy, vae = quick["curves"]["toy"], quick["curves"]["vae"]
     assert toy["pathwise"][-1][1] < toy["score"][-1][1]
