@@ -160,6 +160,7 @@ def test_kill_9_during_uci_then_resume_keeps_finished_splits_and_equals_an_unint
     assert len(saved["resumes"]) == 1 and saved["resumes"][0]["changed"] == {}
 
 
+@pytest.mark.slow  # a formatting-only smoke run of a benchmark: `pytest -m slow`
 def test_benchmark_script_smoke_runs_timing_and_a_two_seed_accuracy_table():
     """scripts/bench_bnn.py end to end on the embedded digits, a few steps (timings are not asserted: speed claims
     live in the benchmark's own output), and a non-positive flag is refused with one line."""
