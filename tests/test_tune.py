@@ -28,9 +28,9 @@ from reparam_apps.experiment.report import Objective, reporting
 ROOT = Path(__file__).resolve().parents[1]
 HAS_OPTUNA = importlib.util.find_spec("optuna") is not None
 needs_optuna = pytest.mark.skipif(not HAS_OPTUNA, reason="optuna is an optional extra: pip install -e '.[tune]'")
-# SAC on Pendulum, tiny: 16-unit networks, batch 32, 50 random steps, an evaluation (1 episode) every 100 steps
-TINY_SAC = ["--hidden-sizes", "16", "--batch-size", "32", "--learning-starts", "50", "--eval-every", "100",
-            "--eval-episodes", "1", "--log-every", "100", "--no-progress", "--threads", "1"]
+# SAC on Pendulum, tiny: 100 steps, 16-unit networks, batch 32, 50 random steps, an evaluation (1 episode) every 50
+TINY_SAC = ["--total-steps", "100", "--hidden-sizes", "16", "--batch-size", "32", "--learning-starts", "50",
+            "--eval-every", "50", "--eval-episodes", "1", "--log-every", "50", "--no-progress", "--threads", "1"]
 
 
 # -- a toy domain with closed-form values -----------------------------------------------------------
@@ -253,7 +253,7 @@ def test_pruned_trial_ends_cleanly_and_its_folder_stays_resumable(toy, tmp_path)
 
 @needs_optuna
 def test_interrupted_trial_is_continued_by_the_same_command(toy, tmp_path):
-    argv = ["--domain", "toy", "--n-trials", "1", "--out", str(tmp_path / "s"), "--sampler-seed", "3"]
+    argv = ["--domain", "toy", "--n-trials", "1", "--out", str(tmp_path / "s"), "--sampler-seed", "3", "--no-plots"]
     STOP_AT["step"] = 2
     assert tune_cli.main(argv) == ex.EXIT_INTERRUPTED
     first, queued = load(tmp_path / "s").get_trials(deepcopy=False)
@@ -272,9 +272,41 @@ def test_interrupted_trial_is_continued_by_the_same_command(toy, tmp_path):
 
 
 @needs_optuna
+def test_a_dead_workers_trial_is_retried_from_its_checkpoint(toy, tmp_path):
+    import socket
+    import time
+
+    import optuna
+
+    out = tmp_path / "s"
+    folder = out / "trials" / "trial_0000"
+    STOP_AT["step"] = 2
+    assert toy_main(["--out", str(folder), "--lr", "0.3"]) == ex.EXIT_INTERRUPTED  # the dead worker's run: step 2
+    STOP_AT.clear()
+    storage = tune_cli.open_storage(f"sqlite:///{out / 'study.db'}", heartbeat=1)
+    study = optuna.create_study(study_name="toy", storage=storage, direction="maximize")
+    study.enqueue_trial({"lr": 0.3})
+    with pytest.warns(UserWarning, match="Heartbeat"):  # optuna expects heartbeats from Study.optimize
+        trial = study.ask()  # RUNNING, and its worker's heartbeat stops after one beat
+    trial.suggest_float("lr", 0.05, 0.45)
+    trial.set_user_attr("run_folder", str(folder))
+    trial.set_user_attr("host", socket.gethostname())
+    storage.record_heartbeat(trial._trial_id)
+    time.sleep(3.2)  # past the grace period, 2 heartbeats = 2 s (sqlite's clock has 1 s steps)
+    argv = ["--domain", "toy", "--n-trials", "1", "--out", str(out), "--heartbeat", "1", "--no-plots"]
+    assert tune_cli.main(argv) == 0
+    dead, retry = load(out).trials
+    assert dead.state.name == "FAIL" and retry.state.name == "COMPLETE"
+    assert retry.user_attrs["retry_of"] == 0 and retry.params == {"lr": 0.3}
+    assert retry.user_attrs["run_folder"] == str(folder) and retry.value == pytest.approx(toy_score(0.3, 5))
+    assert sorted(retry.intermediate_values) == [3, 4, 5]  # continued from the checkpoint at step 2
+    assert [int(r["step"]) for r in ex.MetricsCSV(folder / "metrics.csv").rows()] == [1, 2, 3, 4, 5]
+
+
+@needs_optuna
 def test_a_different_command_cannot_join_the_study(toy, tmp_path):
     out = str(tmp_path / "s")
-    assert tune_cli.main(["--domain", "toy", "--n-trials", "1", "--out", out]) == 0
+    assert tune_cli.main(["--domain", "toy", "--n-trials", "1", "--out", out, "--no-plots"]) == 0
     with pytest.raises(ex.UserError, match="made by another command"):
         tune_cli.main(["--domain", "toy", "--n-trials", "1", "--out", out, "--", "--steps", "6"])
 
@@ -314,54 +346,46 @@ def test_seeds_mode_table_against_a_hand_computation(toy, tmp_path):
 
 # -- SAC --------------------------------------------------------------------------------------------
 @needs_optuna
-def test_sac_study_of_two_trials_on_pendulum(tmp_path):
+def test_sac_study_on_pendulum_with_a_second_worker_process(tmp_path):
+    """Two trials in this process while the real script, in a second process, runs two more on the same sqlite
+    study: four trials between them, each number once, each a complete run folder with the sampled values."""
     out = tmp_path / "study"
-    assert tune_cli.main(["--domain", "sac", "--n-trials", "2", "--sampler-seed", "0", "--out", str(out), "--",
-                          "--env", "Pendulum-v1", "--total-steps", "200", *TINY_SAC]) == 0
+    argv = ["--domain", "sac", "--n-trials", "2", "--out", str(out), "--", "--env", "Pendulum-v1", *TINY_SAC]
+    worker = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "tune.py"), "--no-plots", *argv], cwd=tmp_path,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        code = tune_cli.main(argv)
+    finally:
+        log = worker.communicate(timeout=300)[0]
+    assert (code, worker.returncode) == (0, 0), log
     study = load(out, "sac-Pendulum-v1")
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]  # MedianPruner waits 5 trials
-    space = tune.parse_space(tune.DOMAINS["sac"].space)
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4  # MedianPruner waits for 5 finished trials
+    space = {p.name: p for p in tune.parse_space(tune.DOMAINS["sac"].space)}
     for t in study.trials:
         folder = Path(t.user_attrs["run_folder"])
-        assert folder == out / "trials" / f"trial_{t.number:04d}"
+        assert folder.resolve() == (out / "trials" / f"trial_{t.number:04d}").resolve()
         config = json.loads((folder / "config.json").read_text())["config"]
         assert set(t.params) == {"learning_rate", "gamma", "tau"}  # batch and widths are fixed after --
-        for p in space:
-            if p.name in t.params:  # the sampled value is the one the run trained with
-                assert config[p.name] == t.params[p.name]
-                assert p.low <= t.params[p.name] <= p.high if p.type == "float" else t.params[p.name] in p.choices
+        for name, value in t.params.items():  # the sampled value is the one the run trained with
+            assert config[name] == value
+            p = space[name]
+            assert p.low <= value <= p.high if p.type == "float" else value in p.choices
         assert config["hidden_sizes"] == [16] and config["batch_size"] == 32
         assert t.value == json.loads((folder / "summary.json").read_text())["eval_mean"]
         evals = ex.MetricsCSV(folder / "evals.csv").rows()
         # evals.csv keeps 6 significant digits: relative error <= 5e-6
         assert t.intermediate_values == pytest.approx({int(r["step"]): float(r["eval_mean"]) for r in evals},
                                                       rel=1e-5)
-        assert sorted(t.intermediate_values) == [100, 200]
+        assert sorted(t.intermediate_values) == [50, 100]
         assert json.loads((folder / "trial.json").read_text())["state"] == "complete"
-    table = ex.MetricsCSV(out / "summary.csv").rows()
-    assert [(int(r["trial"]), float(r["value"])) for r in table] == [(t.number, t.value) for t in study.trials]
-    best = max(study.trials, key=lambda t: t.value)
-    assert f"Best: trial {best.number}" in (out / "summary.md").read_text()
     for name in ("optimization_history", "param_importances", "intermediate_values"):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-
-
-@needs_optuna
-def test_two_worker_processes_share_one_sqlite_study(tmp_path):
-    """The real script, twice at once on one study: 4 trials between them, each number once."""
-    out = tmp_path / "study"
-    cmd = [sys.executable, str(ROOT / "scripts" / "tune.py"), "--domain", "sac", "--n-trials", "2", "--no-plots",
-           "--out", str(out), "--", "--total-steps", "100", *TINY_SAC]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for _ in range(2)]
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs
-    trials = load(out, "sac-Pendulum-v1").trials
-    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
-    folders = {t.user_attrs["run_folder"] for t in trials}
-    assert len(folders) == 4 and all((Path(f) / "summary.json").is_file() for f in folders)
+    table = ex.MetricsCSV(out / "summary.csv").rows()  # written by the worker that finished last
+    assert [(int(r["trial"]), float(r["value"])) for r in table] == [(t.number, t.value) for t in study.trials]
+    best = max(study.trials, key=lambda t: t.value)
+    assert f"Best: trial {best.number}, eval_mean" in (out / "summary.md").read_text()
 
 
 def test_help_and_print_space(capsys):
