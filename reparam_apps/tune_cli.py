@@ -168,10 +168,13 @@ class Tuner:
         folder = previous or folder
         trial.set_user_attr("run_folder", str(folder))
         trial.set_user_attr("host", socket.gethostname())
-        outcome = run_trial(trial, self.main, argv, folder, self.domain.objective(config), resume=previous is not None)
+        outcome = run_trial(trial, self.main, argv, folder, self.domain.objective(config), resume=previous is not None,
+                            command=self.domain.command)
         trial.set_user_attr("outcome", outcome.state)
         if outcome.message:
             trial.set_user_attr("message", outcome.message[:500])
+        if outcome.state in ("diverged", "failed"):  # the study goes on; the table keeps the reason
+            print(f"trial {trial.number} {outcome.state}: {outcome.message}", file=sys.stderr)
         if outcome.state == "complete":
             return outcome.value
         if outcome.state == "pruned":
@@ -232,7 +235,7 @@ class Tuner:
         tables()
         if plots:
             write_study_plots(study, self.folder)
-        print(f"study {study.study_name}: {len(study.trials)} trials; tables and plots in {self.folder}")
+        print(f"study {study.study_name}: {len(study.trials)} trials; summary.md in {self.folder}")
         return code
 
     # -- many seeds ---------------------------------------------------------------------------------

@@ -252,10 +252,13 @@ def test_pruned_trial_ends_cleanly_and_its_folder_stays_resumable(toy, tmp_path)
 
 
 @needs_optuna
-def test_interrupted_trial_is_continued_by_the_same_command(toy, tmp_path):
+def test_interrupted_trial_is_continued_by_the_same_command(toy, tmp_path, capsys):
     argv = ["--domain", "toy", "--n-trials", "1", "--out", str(tmp_path / "s"), "--sampler-seed", "3", "--no-plots"]
     STOP_AT["step"] = 2
     assert tune_cli.main(argv) == ex.EXIT_INTERRUPTED
+    err = capsys.readouterr().err  # the run's own hint names the domain's command, the tuner's its own
+    assert f"continue with: toy --out {tmp_path / 's' / 'trials' / 'trial_0000'} --resume" in err
+    assert "the same command continues it" in err
     first, queued = load(tmp_path / "s").get_trials(deepcopy=False)
     assert first.state.name == "FAIL" and first.user_attrs["outcome"] == "interrupted"
     assert queued.state.name == "WAITING" and queued.user_attrs["retry_of"] == 0

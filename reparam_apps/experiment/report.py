@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -98,7 +99,7 @@ def _final_value(folder: Path, objective: Objective, reported: float | None) -> 
 
 
 def run_trial(trial: Any, main: Callable[[list[str]], int | None], argv: Sequence[str], folder: Path,
-              objective: Objective, *, resume: bool = False) -> TrialOutcome:
+              objective: Objective, *, resume: bool = False, command: str | None = None) -> TrialOutcome:
     """Run one domain run for ``trial`` in ``folder``, with the pruner listening to its reports.
 
     Args:
@@ -108,6 +109,8 @@ def run_trial(trial: Any, main: Callable[[list[str]], int | None], argv: Sequenc
         folder: the trial's run folder (``--out``).
         objective: which reported column feeds the pruner and which summary key is the value.
         resume: continue the run already in ``folder`` (a retried trial) with ``--resume``.
+        command: the domain's console command (e.g. ``reparam-sac``), shown as ``sys.argv[0]`` while the run
+            goes, so the run's own hints (``continue with: reparam-sac --out ... --resume``) are right.
     Returns:
         the outcome; a ``pruned`` one is returned, not raised: the caller raises ``optuna.TrialPruned``
         after it has recorded the trial.
@@ -134,6 +137,9 @@ def run_trial(trial: Any, main: Callable[[list[str]], int | None], argv: Sequenc
     full = [*argv, "--out", str(folder)] + (["--resume"] if resume else [])
     mark = {"trial": trial.number, "argv": list(argv), "resumed": resume}  # written when the run ends: a file
     # in the folder before the domain's start_or_resume would make it refuse the folder as "not a run"
+    argv0 = sys.argv[:1]
+    if command:
+        sys.argv[:1] = [command]
     try:
         with reporting(reporter):
             code = main(full)
@@ -159,6 +165,8 @@ def run_trial(trial: Any, main: Callable[[list[str]], int | None], argv: Sequenc
                                        message=f"no finite {objective.summary_key} in {folder / 'summary.json'}")
             else:
                 outcome = TrialOutcome("complete", value=value, last_step=last["step"])
+    finally:
+        sys.argv[:1] = argv0
     mark_trial(folder, **mark, state=outcome.state, value=outcome.value, last_step=outcome.last_step,
                message=outcome.message)
     return outcome
@@ -306,7 +314,9 @@ def write_seed_tables(study: Any, folder: Path, seeds: Sequence[int], objective:
             by_seed[seed] = row
     rows = [by_seed.get(s, {"seed": s, "state": "pending"}) for s in seeds]
     stats: dict[str, Any] = seed_statistics([r["value"] for r in rows if r["state"] == "complete"])
-    stats.update({s: sum(r["state"] == s for r in rows) for s in ("diverged", "pending")})
+    stats["diverged"] = sum(r["state"] == "diverged" for r in rows)
+    stats["pending"] = sum(r["state"] in ("pending", "running", "waiting") for r in rows)
+    stats["failed"] = len(rows) - stats["n"] - stats["diverged"] - stats["pending"]  # lost, refused, crashed
     head = [f"# {objective.summary_key} over seeds {seeds[0]}..{seeds[-1]}", "", f"{intro}. SE = sample std / "
             "sqrt(n); IQM = the mean of the middle 50% of the seeds (rliable).", ""]
     write_tables(folder, "seeds", rows, "\n".join(head) + "\n" + markdown_table([stats]) + "\n"
