@@ -351,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("--best goes with --seeds K (it evaluates the best trial over K seeds)")
     if args.seeds is not None and args.space:
         raise UserError("--space is for a search; --seeds evaluates one configuration: drop one of them")
-    require_optuna()  # before anything is written
+    optuna = require_optuna()  # before anything is written
     config_cls = domain.load_config()
     cli = parse_base(config_cls, base)
     missing = [f for f in domain.requires if f not in cli.given]
@@ -366,15 +366,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                              note=lambda text: print(text, file=sys.stderr))
         if not params:
             raise UserError("the search space is empty: every parameter is fixed after --; pass --space FILE")
-    tuner = Tuner(domain, args.domain, base, name=name, folder=folder, storage=args.storage,
-                  heartbeat=args.heartbeat)
-    if args.seeds is not None:
-        if "seed" in cli.given:
-            raise UserError("--seeds sets each run's --seed: drop --seed after -- (use --first-seed)")
-        return tuner.seeds(args.seeds, args.first_seed, best=args.best)
-    return tuner.search(params, args.n_trials, sampler=args.sampler, sampler_seed=args.sampler_seed,
-                        pruner=args.pruner, startup=args.pruner_startup_trials, warmup=args.pruner_warmup_steps,
-                        plots=not args.no_plots)
+    if args.seeds is not None and "seed" in cli.given:
+        raise UserError("--seeds sets each run's --seed: drop --seed after -- (use --first-seed)")
+    with warnings.catch_warnings():  # optuna 3 calls its heartbeat and stale-trial checks experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        tuner = Tuner(domain, args.domain, base, name=name, folder=folder, storage=args.storage,
+                      heartbeat=args.heartbeat)
+        if args.seeds is not None:
+            return tuner.seeds(args.seeds, args.first_seed, best=args.best)
+        return tuner.search(params, args.n_trials, sampler=args.sampler, sampler_seed=args.sampler_seed,
+                            pruner=args.pruner, startup=args.pruner_startup_trials, warmup=args.pruner_warmup_steps,
+                            plots=not args.no_plots)
 
 
 def entry() -> None:
