@@ -24,11 +24,9 @@ gradient averages independent noise draws, and a run is repeatable for a given s
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -44,6 +42,7 @@ from reparam_apps.experiment.distributed import (
     single_process,
     zero_loss,
 )
+from reparam_apps.utils import derived_seed, rng_state, set_rng_state
 
 from .elbo import blundell_kl_weight, elbo_loss
 from .layers import DEFAULT_INIT_RHO, BayesLinear
@@ -53,31 +52,6 @@ __all__ = ["KL_SCHEDULES", "Trainer", "ShareLoss", "fit", "make_mlp", "derived_s
            "check_finite_rows"]
 
 KL_SCHEDULES = ("uniform", "blundell")
-
-
-def derived_seed(seed: int, *words: int) -> int:
-    """A 63-bit seed for a sub-stream (data order, split k, evaluation at epoch e) of the run seed ``seed``:
-    numpy's SeedSequence hashing, so sub-streams do not overlap the way seed + k would."""
-    return int(np.random.SeedSequence([seed, *words]).generate_state(1, np.uint64)[0]) >> 1
-
-
-def rng_state() -> dict[str, Any]:
-    """Every global random state a training step may touch: python, numpy, torch CPU (which also keys the
-    native weight noise, ``reparam_apps.native.new_key``) and CUDA when it is in use."""
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
-                             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what ``rng_state`` captured."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def check_finite_rows(t: Tensor, name: str) -> None:

@@ -21,7 +21,6 @@ size, and its checkpoint (rank 0's) resumes under any world size. One process is
 from __future__ import annotations
 
 import math
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from reparam_apps.experiment.distributed import (
     single_process,
     zero_loss,
 )
-from reparam_apps.utils import seed_everything, select_device, set_threads
+from reparam_apps.utils import rng_state, seed_everything, select_device, set_rng_state, set_threads
 
 from .config import VAEConfig
 from .data import VAEData, load_vae_data
@@ -185,21 +184,6 @@ def build_model(cfg: VAEConfig, image_shape: tuple[int, int]) -> VAE | Categoric
 def load_data(cfg: VAEConfig, device: torch.device) -> VAEData:
     """The run's data on ``device`` (binarised as ``cfg.binarize`` says, training binarisation seeded by the seed)."""
     return load_vae_data(cfg.dataset, cfg.data_dir, cfg.binarize, seed=cfg.seed).to(device)
-
-
-def rng_state() -> dict[str, Any]:
-    """Every generator a run draws from: python, numpy, torch CPU and (once initialised) CUDA."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what ``rng_state`` returned."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"].cpu())
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _restore(run: ex.Run, model: _BaseVAE, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
