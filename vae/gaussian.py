@@ -30,7 +30,7 @@ from .base import LOGVAR_RANGE, EstimatorProblem, VAELossTerms, _BaseVAE, _check
 __all__ = ["VAE", "POSTERIORS", "FLOW_HIDDEN"]
 
 POSTERIORS = ("gaussian", *FLOW_KINDS)
-FLOW_HIDDEN = (320,)  # the MADE / coupling width of each flow step (the IAF paper's MNIST width)
+FLOW_HIDDEN = (320,)  # the MADE / coupling width of each flow step (a width of the IAF paper's MNIST runs)
 # Flow kinds whose inverse is exact and differentiable in the flow's parameters (score-function training).
 _SF_FLOWS = ("iaf", "affine", "spline")
 
