@@ -7,8 +7,10 @@
 
 Each mutant (see tests/mutants/) names a file, an exact piece of its source (found exactly once), the bug
 that replaces it, and the tests that must fail with it. The check copies the tree once per worker, applies
-one mutant at a time, runs its tests there (PYTHONPATH points at the copy, so the copy's packages are
-imported), and restores the file. A mutant is killed when its tests fail (pytest exit 1) or cannot even be
+one mutant at a time, runs its tests there (the copy's packages are imported, not the installed ones), and
+restores the file. The tests run in a child forked from this process after it has imported the heavy
+third-party modules (torch, scipy, gymnasium, ...) but none of the project's, so each mutant pays for its
+own test run only, not for a fresh interpreter. A mutant is killed when its tests fail (pytest exit 1) or cannot even be
 collected (exit 2); it survives when they pass (exit 0). A mutant whose source text is gone or whose tests
 select nothing is stale, and fails the check too, so a refactor cannot quietly retire a guard.
 Exit code 0 when every mutant is killed, 1 otherwise.
@@ -18,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,33 +74,70 @@ def copy_tree(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
-def run_mutant(m: Mutant, tree: Path, timeout: float) -> Outcome:
-    t0 = time.perf_counter()
+PRELOAD = ("torch", "numpy", "scipy.stats", "scipy.special", "gymnasium", "stable_baselines3", "hypothesis",
+           "matplotlib.figure", "matplotlib.backends.backend_agg", "tqdm", "sklearn.datasets", "optuna", "pytest")
+
+
+def preload() -> None:
+    """Import the heavy third-party modules once, before forking (never the project's own packages: the
+    children must import those from their mutated copy)."""
+    import importlib
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:  # an optional package: the tests that need it skip or import it themselves
+            pass
+
+
+def check_source(m: Mutant, tree: Path) -> str | None:
+    """Why the mutant cannot be applied (None when it can)."""
     target = tree / m.path
     if not target.is_file():
-        return Outcome(m, "STALE", 0.0, f"{m.path} does not exist")
-    source = target.read_text()
-    count = source.count(m.find)
+        return f"{m.path} does not exist"
+    count = target.read_text().count(m.find)
     if count != 1:
-        return Outcome(m, "STALE", 0.0, f"the source text occurs {count} times in {m.path} (needs exactly 1)")
-    target.write_text(source.replace(m.find, m.replace))
-    # The copy's packages win over the editable install; mutated native kernels build into the copy's cache.
-    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1",
-           "REPARAM_APPS_CACHE": str(tree / ".native-cache")}
+        return f"the source text occurs {count} times in {m.path} (needs exactly 1)"
+    return None
+
+
+def child(m: Mutant, tree: Path, log: Path) -> None:
+    """In the forked child: put the mutant in, run its tests from the copy, exit with pytest's code."""
+    code = 3
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests],
-                              cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
-        code, tail = proc.returncode, (proc.stdout + proc.stderr).strip().splitlines()[-1:]
-    except subprocess.TimeoutExpired:
-        code, tail = 1, [f"timed out after {timeout:.0f} s (counted as killed)"]
-    finally:
-        target.write_text(source)
-    seconds = time.perf_counter() - t0
-    detail = tail[0] if tail else ""
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        target = tree / m.path
+        target.write_text(target.read_text().replace(m.find, m.replace))
+        os.chdir(tree)
+        sys.path.insert(0, str(tree))
+        # Subprocesses the tests start must import the copy too; mutated kernels build into the copy's cache.
+        os.environ.update(PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1",
+                          REPARAM_APPS_CACHE=str(tree / ".native-cache"))
+        sys.dont_write_bytecode = True
+        import pytest
+
+        code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", *m.tests]))
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:  # noqa: BLE001 - report anything as a failure to collect
+        import traceback
+
+        traceback.print_exc()
+        code = 2
+    os._exit(code)
+
+
+def outcome(m: Mutant, code: int, seconds: float, log: Path) -> Outcome:
+    lines = log.read_text(errors="replace").strip().splitlines() if log.is_file() else []
+    detail = lines[-1] if lines else ""
     if code in (1, 2):
         return Outcome(m, "killed", seconds, detail)
     if code == 0:
         return Outcome(m, "SURVIVED", seconds, detail)
+    if code < 0:
+        return Outcome(m, "killed", seconds, f"the tests died with signal {-code} (counted as killed)")
     return Outcome(m, "STALE", seconds, f"pytest exit {code}: {detail}")
 
 
@@ -120,35 +158,54 @@ def main(argv: list[str] | None = None) -> int:
     if not mutants:
         print("error: no mutants selected", file=sys.stderr)
         return 1
-    todo: queue.Queue[Mutant] = queue.Queue()
-    for m in mutants:
-        todo.put(m)
+    preload()
     outcomes: list[Outcome] = []
-    lock = threading.Lock()
     t0 = time.perf_counter()
-
-    def worker(tree: Path) -> None:
-        while True:
-            try:
-                m = todo.get_nowait()
-            except queue.Empty:
-                return
-            out = run_mutant(m, tree, args.timeout)
-            with lock:
-                outcomes.append(out)
-                print(f"{out.status:9s} {m.name:45s} {out.seconds:6.1f}s  {out.detail}", flush=True)
-
     with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
-        trees = []
+        free = []
         for i in range(min(args.workers, len(mutants))):
             tree = Path(tmp) / f"tree{i}"
             copy_tree(tree)
-            trees.append(tree)
-        threads = [threading.Thread(target=worker, args=(t,)) for t in trees]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+            free.append(tree)
+        running: dict[int, tuple[Mutant, Path, float, str]] = {}  # pid -> mutant, tree, start, original source
+        todo = list(reversed(mutants))
+
+        def finish(pid: int, status: int) -> None:
+            m, tree, start, original = running.pop(pid)
+            (tree / m.path).write_text(original)
+            seconds = time.perf_counter() - start
+            code = os.waitstatus_to_exitcode(status)
+            out = outcome(m, code, seconds, tree / ".mutant.log")
+            outcomes.append(out)
+            free.append(tree)
+            print(f"{out.status:9s} {m.name:45s} {out.seconds:6.1f}s  {out.detail}", flush=True)
+
+        while todo or running:
+            while todo and free:
+                m = todo.pop()
+                tree = free.pop()
+                reason = check_source(m, tree)
+                if reason is not None:
+                    outcomes.append(Outcome(m, "STALE", 0.0, reason))
+                    print(f"{'STALE':9s} {m.name:45s} {0.0:6.1f}s  {reason}", flush=True)
+                    free.append(tree)
+                    continue
+                original = (tree / m.path).read_text()
+                pid = os.fork()
+                if pid == 0:
+                    child(m, tree, tree / ".mutant.log")
+                running[pid] = (m, tree, time.perf_counter(), original)
+            if running:
+                deadline = {pid: start + args.timeout for pid, (_, _, start, _) in running.items()}
+                pid, status = os.waitpid(-1, os.WNOHANG)
+                while pid == 0:
+                    now = time.perf_counter()
+                    for p, limit in deadline.items():
+                        if now > limit:  # a mutant that hangs the tests: kill it, count it as killed
+                            os.kill(p, signal.SIGKILL)
+                    time.sleep(0.05)
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                finish(pid, status)
     bad = [o for o in outcomes if o.status != "killed"]
     print(f"mutation check: {len(outcomes) - len(bad)} of {len(outcomes)} mutants killed "
           f"in {time.perf_counter() - t0:.0f} s")
