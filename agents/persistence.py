@@ -26,15 +26,27 @@ if TYPE_CHECKING:
 __all__ = ["capture", "restore", "saved_config", "saved_envs", "check_env"]
 
 
+def _compact(obj: Any) -> Any:
+    """Tensors that view a larger storage (a model in a ``StackedUpdate`` views its group's stacked tensors)
+    cloned, so that ``torch.save`` writes their own values only; containers walked."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone() if obj.untyped_storage().nbytes() > obj.numel() * obj.element_size() else obj
+    if isinstance(obj, dict):
+        return {k: _compact(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_compact(v) for v in obj)
+    return obj
+
+
 def capture(model: SAC, include_buffer: bool = True) -> dict[str, Any]:
     """The checkpoint dict of ``model``; without ``include_buffer``: only what acting and further training
     from fresh episodes need (a small file, e.g. best.pt)."""
     state: dict[str, Any] = {
         "config": {f.name: getattr(model.config, f.name) for f in dataclasses.fields(SACConfig)},
         "spaces": {"obs_dim": model.obs_dim, "act_low": model.act_low, "act_high": model.act_high},
-        "actor": model.actor.state_dict(), "critic": model.critic.state_dict(),
-        "critic_target": model.critic_target.state_dict(), "log_alpha": model.log_alpha.detach().cpu(),
-        "optimizer": model.optimizer.state_dict(),
+        **_compact({"actor": model.actor.state_dict(), "critic": model.critic.state_dict(),
+                    "critic_target": model.critic_target.state_dict(), "log_alpha": model.log_alpha.detach().cpu(),
+                    "optimizer": model.optimizer.state_dict()}),
         "counters": {"num_timesteps": model.num_timesteps, "num_updates": model.num_updates,
                      "num_episodes": model.num_episodes},
     }

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,10 +40,21 @@ from .callbacks import Callback, as_callback
 from .config import ENV_DEFAULTS, SACConfig, config_for
 from .envs import check_spaces, env_id_of, make_vector_env, wrap_env
 from .networks import Actor, CriticEnsemble, polyak_update
+from .update import StackedUpdate, unsupported_reason
 
-__all__ = ["SAC", "polyak_update", "ENV_DEFAULTS", "SACConfig", "config_for"]
+__all__ = ["SAC", "polyak_update", "ENV_DEFAULTS", "SACConfig", "config_for", "COMPILE_MIN_UPDATES",
+           "gradient_steps_of"]
 
 STAT_NAMES = ("critic_loss", "actor_loss", "alpha", "entropy")  # what _update returns, in this order
+# The compiled step pays from about this many gradient steps: compiling costs 10-60 s (a few s from inductor's
+# cache) and saves ~3-5 ms per 2x256 update (see docs/benchmarks.md).
+COMPILE_MIN_UPDATES = 10_000
+
+
+def gradient_steps_of(cfg: SACConfig) -> int:
+    """Gradient steps of a whole run of ``cfg`` (the compile rule reads this, so a resumed run decides alike)."""
+    vector_steps = max(0, cfg.total_steps - cfg.learning_starts) // cfg.num_envs
+    return vector_steps // cfg.train_freq * cfg.gradient_steps
 
 
 class SAC:
@@ -95,7 +107,7 @@ class SAC:
 
         # Networks. The target critics are a frozen copy updated by Polyak averaging only.
         dev = self.device
-        self.actor = Actor(self.obs_dim, self.act_dim, cfg.hidden_sizes, low, high).to(dev)
+        self.actor = Actor.from_config(cfg, self.obs_dim, self.act_dim, low, high).to(dev)
         self.critic = CriticEnsemble(cfg.n_critics, self.obs_dim, self.act_dim, cfg.hidden_sizes, low, high).to(dev)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor([math.log(cfg.alpha or cfg.init_alpha)], device=dev,
@@ -126,6 +138,36 @@ class SAC:
         self._window: dict[str, Any] = self._new_window()
         self.episode_returns: list[float] = []  # every finished training episode since construction / load
         self._stop_requested = False
+        self._fused: StackedUpdate | None = None  # the compiled step, built at the first update that uses it
+        self._fused_state = "unused"  # -> "running" after its first step, or "failed" (eager from then on)
+
+    def uses_compiled_update(self) -> bool:
+        """Whether ``learn`` runs the compiled step: ``config.compile``, a model it supports, and a run long enough
+        to repay the compile time (``COMPILE_MIN_UPDATES`` gradient steps in the config's ``total_steps``)."""
+        cfg = self.config
+        return (cfg.compile and self._fused_state != "failed" and gradient_steps_of(cfg) >= COMPILE_MIN_UPDATES
+                and unsupported_reason(self) is None)
+
+    def _train_step(self) -> Tensor:
+        """One gradient step on a fresh batch: the compiled step when ``uses_compiled_update``, else ``_update``."""
+        if self._fused is None and self._fused_state == "unused":
+            self._fused_state = "eager"
+            if self.uses_compiled_update():
+                self._fused, self._fused_state = StackedUpdate([self], compile=True), "compiling"
+            elif self.config.compile and gradient_steps_of(self.config) >= COMPILE_MIN_UPDATES:
+                print(f"note: eager update ({unsupported_reason(self)})", file=sys.stderr)
+        if self._fused is not None:
+            try:
+                stats = self._fused.step()[0]
+                self._fused_state = "running"
+                return stats
+            except Exception as err:  # the first call compiles: no C++ compiler, an unsupported build
+                if self._fused_state == "running":
+                    raise
+                self._fused, self._fused_state = None, "failed"
+                print(f"note: torch.compile failed ({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}); "
+                      "continuing with the eager update", file=sys.stderr)
+        return self._update(*self.buffer.sample(self.config.batch_size, self.rng, self.device))
 
     def networks(self) -> list[nn.Module | Tensor]:
         """Everything trained (checked for NaN/inf before a checkpoint or an evaluation)."""
@@ -238,7 +280,7 @@ class SAC:
             vector_steps += 1
             if self.num_timesteps > cfg.learning_starts and vector_steps % cfg.train_freq == 0:
                 for _ in range(cfg.gradient_steps):
-                    stats = self._update(*self.buffer.sample(cfg.batch_size, self.rng, self.device))
+                    stats = self._train_step()
                     w = self._window
                     w["stats"] = stats if w["stats"] is None else w["stats"] + stats  # no .item() in the loop
                     w["updates"] += 1

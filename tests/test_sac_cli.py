@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -275,6 +276,8 @@ def test_help_shows_every_option_with_its_doc_and_default(module, capsys):
     else:
         flags = ["--env", "--episodes", "--seed", "--stochastic", "--render", "--video", "--device"]
     parser_help = out.split("options:")[1]
-    for flag in flags:
-        entry = parser_help.split(f"  {flag} ")[1].split("\n  --")[0]
+    for flag in flags:  # "  --flag VALUE", or "  --flag, --no-flag" for a switch that is on by default
+        entry = re.split(rf"  {flag}[ ,]", parser_help)[1].split("\n  --")[0]
         assert "(default" in entry, flag
+    if module is cli:
+        assert "--compile, --no-compile" in parser_help
