@@ -172,6 +172,18 @@ def test_categorical_score_function_with_a_running_mean_baseline(tmp_path):
     assert bool(state["model_state"]["baseline_ready"])  # the running mean is part of the checkpoint
 
 
+def test_flow_posterior_from_the_command_line(tmp_path):
+    """--posterior iaf builds the flow VAE (checkpoint and folder name say so) and trains with a Monte Carlo KL."""
+    out = tmp_path / "r"
+    code, stdout, _ = cli("--out", out, "--epochs", 1, "--posterior", "iaf", "--flow-steps", 2, *FAST)
+    assert code == 0 and "final test ELBO" in stdout
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert (cfg["posterior"], cfg["flow_steps"], cfg["kl"]) == ("iaf", 2, "mc")
+    state = ex.load_checkpoint(out / "latest.pt", "vae")
+    assert any(".flow." in k or k.startswith("flow.") for k in state["model_state"]), "no flow parameters saved"
+    assert ex.build_config(VAEConfig, {"posterior": "iaf"}).run_name == "gaussian-iaf-digits_s0"
+
+
 @pytest.mark.parametrize("args,message", [
     (["--dataset", "mnist", "--data-dir", "{tmp}"], "t10k-images-idx3-ubyte"),
     (["--dataset", "mnist"], "--data-dir"),

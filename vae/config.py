@@ -164,5 +164,6 @@ class VAEConfig(ex.TrainConfig):
 
     @property
     def run_name(self) -> str:
-        """The run folder's name without its time stamp: runs/vae/<model>-<dataset>_s<seed>_<time>."""
-        return f"{self.model}-{self.dataset}_s{self.seed}"
+        """The run folder's name without its time stamp: runs/vae/<model>[-<flow>]-<dataset>_s<seed>_<time>."""
+        flow = f"-{self.posterior}" if self.posterior != "gaussian" else ""
+        return f"{self.model}{flow}-{self.dataset}_s{self.seed}"

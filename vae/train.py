@@ -178,7 +178,7 @@ def build_model(cfg: VAEConfig, image_shape: tuple[int, int]) -> VAE | Categoric
         return CategoricalVAE(n_latents=cfg.latent_dim, n_classes=cfg.n_classes, temperature=cfg.temperature,
                               temperature_min=cfg.temperature_min, anneal_rate=cfg.anneal_rate, hard=cfg.hard,
                               **common)
-    return VAE(latent_dim=cfg.latent_dim, **common)
+    return VAE(latent_dim=cfg.latent_dim, posterior=cfg.posterior, flow_steps=cfg.flow_steps, **common)
 
 
 def load_data(cfg: VAEConfig, device: torch.device) -> VAEData:
