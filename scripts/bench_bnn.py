@@ -21,20 +21,16 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import bnn  # noqa: E402
-from reparam_apps import UserError, run_cli, seed_everything, set_threads  # noqa: E402
-from reparam_apps.data import load_images  # noqa: E402
+import bnn
+from reparam_apps import UserError, run_cli, seed_everything, set_threads
+from reparam_apps.data import load_images
 
 SIZES = (784, 400, 400, 10)
 

@@ -28,15 +28,13 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import distributions as td
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import reparam_apps as ra  # noqa: E402
-from reparam_apps.flows import make_flow  # noqa: E402
+import reparam_apps as ra
+from reparam_apps.flows import make_flow
 
 T = td.transforms
 

@@ -30,12 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from reparam_apps import UserError, atomic_write_text, run_cli, seed_everything, set_threads  # noqa: E402
-from reparam_apps.data import DataError  # noqa: E402
-from vae import VAE, CategoricalVAE, evaluate, evaluate_iwae, load_vae_data, train_epoch  # noqa: E402
-from vae.plots import save_reconstructions, save_samples  # noqa: E402
+from reparam_apps import UserError, atomic_write_text, run_cli, seed_everything, set_threads
+from reparam_apps.data import DataError
+from vae import VAE, CategoricalVAE, evaluate_elbo, evaluate_iwae, load_vae_data, train_epoch
+from vae.plots import save_reconstructions, save_samples
 
 
 class ReferenceVAE(nn.Module):
@@ -117,8 +115,8 @@ def part_timing(args, data) -> dict:
             times[name].append(run(name, r + 1))
     med = {k: statistics.median(v) for k, v in times.items()}
     with torch.no_grad():
-        test_ours = evaluate(ours, data.test)["elbo"]
-        test_bf16 = evaluate(ours_bf16, data.test)["elbo"]
+        test_ours = evaluate_elbo(ours, data.test)["elbo"]
+        test_bf16 = evaluate_elbo(ours_bf16, data.test)["elbo"]
         recon, mu, logvar = ref(data.test)
         test_ref = -float((F.binary_cross_entropy(recon, data.test, reduction="sum")
                            - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())) / data.test.shape[0])
@@ -160,10 +158,10 @@ def part_quality(args, data, out: Path) -> dict:
                   flush=True)
         train_s = time.perf_counter() - t0
         torch.manual_seed(args.seed + 1)  # the same evaluation noise for every model
-        test = evaluate(model, data.test, n_samples=10)
+        test = evaluate_elbo(model, data.test, n_samples=10)
         subset = data.test[: args.iwae_n]
         iwae = evaluate_iwae(model, subset, args.iwae_k)
-        elbo_subset = evaluate(model, subset, n_samples=10)["elbo"]
+        elbo_subset = evaluate_elbo(model, subset, n_samples=10)["elbo"]
         tag = f"model{i}"
         model.save(out / f"{tag}.pt")
         save_reconstructions(out / f"{tag}_reconstructions.png", model, data.test[:20])

@@ -18,11 +18,11 @@ from .model import (
     load_model,
 )
 from .nets import ARCHS
-from .train import beta_at, evaluate, evaluate_elbo, evaluate_iwae, train_epoch
+from .train import beta_at, evaluate_elbo, evaluate_iwae, train_epoch
 
 __all__ = [
     "VAE", "CategoricalVAE", "VAELossTerms", "EstimatorProblem", "load_model", "categorical_kl_uniform",
-    "VAEData", "load_vae_data", "binarize", "train_epoch", "evaluate_elbo", "evaluate", "evaluate_iwae", "beta_at",
+    "VAEData", "load_vae_data", "binarize", "train_epoch", "evaluate_elbo", "evaluate_iwae", "beta_at",
     "ARCHS", "ESTIMATORS", "KL_MODES", "LIKELIHOODS", "LOGVAR_RANGE", "SF_BASELINES", "BINARIZE_MODES",
     "POSTERIORS",
 ]

@@ -150,9 +150,6 @@ def evaluate_elbo(model: _BaseVAE, x: Tensor, batch_size: int = 1000, n_samples:
     return {"elbo": elbo, "rec": rec, "kl": kl}
 
 
-# Deprecated name (it collides with the SAC evaluation), kept while scripts/bench_vae.py still imports it.
-evaluate = evaluate_elbo
-
 
 @torch.no_grad()
 def evaluate_iwae(model: _BaseVAE, x: Tensor, k: int, batch_size: int = 10, chunk_size: int | None = None,
