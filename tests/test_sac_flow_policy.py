@@ -163,6 +163,18 @@ def test_identity_flow_is_the_tanh_gaussian_on_the_same_noise():
     assert isinstance(gauss.dist(obs), TanhNormal)
 
 
+def test_flow_actor_state_dict_round_trips():
+    a, obs = actor("spline"), observations()
+    b = actor("spline", perturb=False, seed=5)  # other weights, the same architecture
+    b.load_state_dict(a.state_dict())
+    torch.manual_seed(2)
+    ref = a.sample(obs)
+    torch.manual_seed(2)
+    for x, y in zip(ref, b.sample(obs), strict=True):
+        assert torch.equal(x, y)
+    assert torch.equal(a.dist(obs).mode, b.dist(obs).mode)
+
+
 # ------------------------------------------------------------------------- 5. SAC with the flow policy
 def test_sac_trains_with_the_flow_policy_and_round_trips(tmp_path):
     model = SAC("Pendulum-v1", seed=0, total_steps=300, learning_starts=100, batch_size=32, buffer_size=300,
