@@ -335,3 +335,18 @@ def test_loss_is_the_beta_weighted_negative_elbo(cls, kw):
         torch.testing.assert_close(loss.detach(), -(st["rec"] - beta * st["kl"]) / n)
         torch.testing.assert_close(st["elbo"], st["rec"] - st["kl"])
     assert float(st["kl"]) > 0
+
+
+def test_bad_targets_are_named():
+    """Bernoulli targets outside [0, 1] and a missing batch dimension: one clear ValueError each."""
+    from vae import VAE
+
+    m = VAE(image_shape=(8, 8), latent_dim=2, hidden=(16,))
+    with pytest.raises(ValueError, match=r"needs pixel values in \[0, 1\], got values from .* to 2"):
+        m.loss(torch.full((4, 64), 2.0))
+    with pytest.raises(ValueError, match="without a batch dimension: pass x.unsqueeze"):
+        m.loss(torch.rand(8, 8).round())
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 8, 8\)"):
+        m.loss(torch.rand(4, 8))
+    gauss = VAE(image_shape=(8, 8), latent_dim=2, hidden=(16,), likelihood="gaussian")
+    assert torch.isfinite(gauss.loss(torch.full((4, 64), 2.0))[0])  # real-valued targets are fine for it

@@ -131,13 +131,21 @@ class _BaseVAE(nn.Module):
 
     # -- decoder and likelihood ---------------------------------------------------------------
     def _flat(self, x: Tensor) -> Tensor:
-        """(B, H, W) or (B, D) -> (B, D)."""
-        if x.shape[-1] == self.n_pixels and x.dim() == 2:
-            return x
-        if tuple(x.shape[-2:]) != self.image_shape:
-            raise ValueError(f"expected images of shape (B, {self.image_shape[0]}, {self.image_shape[1]}) or "
-                             f"(B, {self.n_pixels}), got {tuple(x.shape)}")
-        return x.reshape(x.shape[0], self.n_pixels)
+        """(B, H, W) or (B, D) -> (B, D); a ValueError for another shape, or (Bernoulli) a pixel outside [0, 1]."""
+        if not (x.shape[-1] == self.n_pixels and x.dim() == 2):
+            if tuple(x.shape) in (self.image_shape, (self.n_pixels,)):
+                raise ValueError(f"got one image of shape {tuple(x.shape)} without a batch dimension: pass "
+                                 "x.unsqueeze(0) (shape (1, ...)) for a batch of one")
+            if x.dim() != 3 or tuple(x.shape[-2:]) != self.image_shape:
+                raise ValueError(f"expected images of shape (B, {self.image_shape[0]}, {self.image_shape[1]}) or "
+                                 f"(B, {self.n_pixels}), got {tuple(x.shape)}")
+            x = x.reshape(x.shape[0], self.n_pixels)
+        if self.likelihood == "bernoulli":
+            lo, hi = torch.aminmax(x.detach())
+            if lo < 0 or hi > 1:  # BCE would quietly return a finite, meaningless number
+                raise ValueError(f"the Bernoulli decoder needs pixel values in [0, 1], got values from {lo.item():.4g} "
+                                 f"to {hi.item():.4g}: scale the images to [0, 1] (or use likelihood='gaussian')")
+        return x
 
     def _decoder_out(self, z: Tensor) -> Tensor:
         """Decoder output for latents (..., B, *z_shape): (..., B, D) or (..., B, 2D) (mean, log-std)."""
