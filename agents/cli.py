@@ -24,6 +24,7 @@ from reparam_apps import experiment as ex
 from .callbacks import Callback, CheckpointCallback, EvalCallback
 from .config import SACConfig, env_table
 from .envs import make_vector_env
+from .multi_cli import group_name, train_group
 from .sac import SAC
 
 __all__ = ["SACTrainConfig", "RunRecorder", "main", "entry", "METRIC_KEYS"]
@@ -42,19 +43,24 @@ class SACTrainConfig(SACConfig):
     evaluation is the best so far)."""
     eval_episodes: int = 10
     """Episodes per deterministic evaluation (reset with seeds 10000, 10001, ...)."""
+    num_seeds: int = 1
+    """Independent agents trained side by side in this process, seeds seed, seed+1, ... (each its own env, buffer,
+    optimizer and temperature; their gradient steps run as one graph): a folder per seed (seed_<s>/) under the
+    group's, which holds the statistics across seeds (mean, standard error, interquartile mean) and their curve."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.eval_every is None:  # resolved once, so a resume with more --total-steps keeps the schedule
             self.eval_every = max(1, self.total_steps // 10)
-        for name in ("eval_every", "eval_episodes"):
+        for name in ("eval_every", "eval_episodes", "num_seeds"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def run_name(config: SACConfig) -> str:
-    return f"{config.env_id}_s{config.seed}"
+def run_name(config: SACTrainConfig) -> str:
+    """<env>_s<seed>, or <env>_s<first>-<last> for a group of seeds."""
+    return group_name(config) if getattr(config, "num_seeds", 1) > 1 else f"{config.env_id}_s{config.seed}"
 
 
 class RunRecorder(Callback):
@@ -117,19 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     """Train (or resume) one SAC run; returns the exit code (0, or 130 after a saved Ctrl-C)."""
     cli = ex.parse_cli(SACTrainConfig, argv, description=__doc__, log_every=1000,
                        epilog="Per-env defaults (under the flags you give):\n" + env_table())
-    envs = None
+    envs: list | None = None
     if not cli.options.resume:
         # The training envs are built once, here, before start_or_resume writes anything: a bad --env leaves
         # no run folder behind. (start_or_resume validates the same typed values again; that is pure and cheap.)
         typed = ex.build_config(SACTrainConfig, cli.given)
-        envs = make_vector_env(typed.env_id, typed.num_envs)
+        envs = [make_vector_env(typed.env_id, typed.num_envs) for _ in range(typed.num_seeds)]
     try:
         run = ex.start_or_resume("sac", cli, name=run_name)
     except BaseException:
-        if envs is not None:
-            envs.close()
+        for e in envs or []:
+            e.close()
         raise
     cfg: SACTrainConfig = run.config
+    if cfg.num_seeds > 1:
+        return train_group(run, envs)
+    envs = envs[0] if envs else None
     state = run.load_checkpoint("sac")
     if state is not None:
         model = SAC.from_checkpoint(state, cfg, source=run.checkpoint_path)
