@@ -11,15 +11,13 @@ Writes ``flows_energy.png`` (one row per energy: the target, then each fit's den
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reparam_apps.experiment import atomic_write_text, run_cli  # noqa: E402
-from vae.energy import ENERGIES, KINDS, fit, plot_fits  # noqa: E402
+from reparam_apps.experiment import atomic_write_text, run_cli
+from vae.energy import ENERGIES, KINDS, fit, plot_fits
 
 FLOW_STEPS = {"planar": 16}  # planar steps are rank-one: they need many (Rezende and Mohamed used up to 32)
 

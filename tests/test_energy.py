@@ -157,3 +157,16 @@ def test_variational_rejects_an_unknown_kind():
     assert KINDS[0] == "gaussian" and set(KINDS[1:]) == set(FLOW_KINDS)
     with pytest.raises(ValueError, match="unknown kind 'maf'"):
         Variational("maf")
+
+
+def test_fit_energy_script_smoke(tmp_path):
+    """scripts/fit_energy.py end to end with a few steps: the PNG and the table are written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "fit_energy.py"
+    res = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--steps", "5", "--energies", "banana",
+                          "--kinds", "gaussian", "iaf", "--grid", "20"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "flows_energy.png").stat().st_size > 0 and "iaf" in (tmp_path / "results.md").read_text()
