@@ -23,6 +23,7 @@ from torch import Tensor
 __all__ = ["linear", "onednn_available", "ONEDNN_MIN_MACS"]
 
 ONEDNN_MIN_MACS = 1 << 21  # smaller products stay with ATen: a oneDNN call costs ~25 us more to set up
+THIN = 8  # a product with an inner or outer dim up to this is written as multiply-and-sum (see ``linear``)
 
 
 def onednn_available(device: torch.device) -> bool:
@@ -95,17 +96,32 @@ class _Linear(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None, None
 
 
+def _thin(x: Tensor, w: Tensor, b: Tensor, relu: bool, stored_t: bool) -> Tensor:
+    """relu?(x W' + b) as a broadcast multiply and a sum over I: inductor fuses it (and its gradient) with the
+    elementwise work around it instead of calling a matrix-product kernel for a few thousand multiply-adds."""
+    wi = w if stored_t else w.t()  # (I, N)
+    y = (x.unsqueeze(-1) * wi).sum(-2) + b  # (M, I, 1) * (I, N) -> (M, N)
+    return y.relu() if relu else y
+
+
 def linear(x: Tensor, w: Tensor, b: Tensor, relu: bool, onednn_min_macs: int | None, stored_t: bool = False,
-           w_rows: int | None = None, x_rows: int | None = None) -> Tensor:
+           w_rows: int | None = None, x_rows: int | None = None, thin: int = 0) -> Tensor:
     """relu?(x W^T + b) for w (N, I), or relu?(x W + b) for w (I, N) with ``stored_t``: x (M, I), b (N,) -> (M, N).
 
     Args:
         onednn_min_macs: products with at least this many multiply-adds run on oneDNN (None: never).
         w_rows: only the first w_rows rows teach W and b (None: all).
-        x_rows: only the first x_rows rows carry gradient back to x (None: all).
+        x_rows: only the first x_rows rows carry gradient back to x (None: all; else it must equal w_rows).
+        thin: a layer with I or N <= thin is a multiply-and-sum (0: never), its row ranges by detaching.
     """
-    n_out = w.shape[1] if stored_t else w.shape[0]
-    onednn = onednn_min_macs is not None and x.shape[0] * x.shape[1] * n_out >= onednn_min_macs
+    n_in, n_out = (w.shape[0], w.shape[1]) if stored_t else (w.shape[1], w.shape[0])
+    if min(n_in, n_out) <= thin:
+        if w_rows is None:
+            return _thin(x, w, b, relu, stored_t)
+        top = _thin(x[:w_rows], w, b, relu, stored_t)
+        rest = x[w_rows:] if x_rows is None else x[w_rows:].detach()
+        return torch.cat([top, _thin(rest, w.detach(), b.detach(), relu, stored_t)])
+    onednn = onednn_min_macs is not None and x.shape[0] * n_in * n_out >= onednn_min_macs
     if not onednn and w_rows is None and x_rows is None:  # plain autograd
         y = torch.addmm(b, x, w if stored_t else w.t())
         return y.relu() if relu else y

@@ -131,13 +131,19 @@ def test_traced_step_and_a_changed_spec_make_another_graph():
         compare_steps(eager, fused, StackedUpdate([fused], compile="aot_eager"), steps=2)
 
 
-@pytest.mark.parametrize("onednn", [0, None])
+@pytest.mark.parametrize("onednn", [0, None, "thin"])
 @pytest.mark.parametrize("rows", [(None, None), (4, None), (4, 4), (None, 2)])
 @pytest.mark.parametrize("stored_t", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
 def test_linear_layer_against_autograd(stored_t, relu, rows, onednn):
     """agents.linear.linear against F.linear in float64: values, and gradients where only the first w_rows rows
-    teach (W, b) (the others: as through detached weights) and only the first x_rows rows reach x."""
+    teach (W, b) (the others: as through detached weights) and only the first x_rows rows reach x; on oneDNN
+    (threshold 0), ATen (None) or as multiply-and-sum ("thin")."""
+    thin = 8 if onednn == "thin" else 0
+    if onednn == "thin":
+        if rows == (None, 2):
+            pytest.skip("x_rows without w_rows: not a use of the thin path")
+        onednn = None
     if onednn == 0 and not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
     w_rows, x_rows = rows
@@ -146,7 +152,7 @@ def test_linear_layer_against_autograd(stored_t, relu, rows, onednn):
     w = torch.randn(5, 3) if stored_t else torch.randn(3, 5)
     w.requires_grad_(True)
     b = torch.randn(3, requires_grad=True)
-    y = linear(x, w, b, relu, onednn_min_macs=onednn, stored_t=stored_t, w_rows=w_rows, x_rows=x_rows)
+    y = linear(x, w, b, relu, onednn_min_macs=onednn, stored_t=stored_t, w_rows=w_rows, x_rows=x_rows, thin=thin)
 
     def ref_layer(xx, ww, bb):
         out = torch.nn.functional.linear(xx.double(), (ww.t() if stored_t else ww).double(), bb.double())
