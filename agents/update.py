@@ -39,86 +39,13 @@ from torch import Tensor
 from reparam_apps.distributions.base import HALF_LOG_2PI, LOG2
 from reparam_apps.distributions.tanh_normal import fused_tanh_gaussian
 
+from .linear import ONEDNN_MIN_MACS, THIN, linear, onednn_available
 from .networks import LOG_STD_MAX, LOG_STD_MIN, Actor, CriticEnsemble
 
 if TYPE_CHECKING:
     from .sac import SAC
 
-__all__ = ["StackedUpdate", "sac_step", "StepSpec", "linear", "onednn_available", "unsupported_reason"]
-
-
-# -- the matrix product ----------------------------------------------------------------------------------
-ONEDNN_MIN_MACS = 1 << 21  # smaller products stay with ATen: a oneDNN call costs ~25 us more to set up
-
-
-def onednn_available(device: torch.device) -> bool:
-    """oneDNN's float32 inner product can run the linear layers (CPU builds with MKL-DNN)."""
-    return (device.type == "cpu" and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
-
-
-# An operator of our own for inductor, whose lowering of ``mkldnn._linear_pointwise`` wants constant (frozen)
-# weights: with only a CPU and a Meta kernel it stays an opaque call. Its gradient is _OneDNNLinear's.
-_LIB = torch.library.Library("reparam_sac", "DEF")
-_LIB.define("inner_product(Tensor x, Tensor w, Tensor? b, bool relu, bool stored_t) -> Tensor")
-
-
-def _inner_product_cpu(x: Tensor, w: Tensor, b: Tensor | None, relu: bool, stored_t: bool) -> Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, w.t() if stored_t else w, b, "relu" if relu else "none", [], "")
-
-
-def _inner_product_meta(x: Tensor, w: Tensor, b: Tensor | None, relu: bool, stored_t: bool) -> Tensor:
-    return x.new_empty((x.shape[0], w.shape[1] if stored_t else w.shape[0]))
-
-
-_LIB.impl("inner_product", _inner_product_cpu, "CPU")
-_LIB.impl("inner_product", _inner_product_meta, "Meta")
-
-
-def _inner_product(x: Tensor, w: Tensor, b: Tensor | None, relu: bool, stored_t: bool) -> Tensor:
-    """relu?(x W' + b) by oneDNN, with W' = w (I, N) if ``stored_t`` (CriticEnsemble's layout) else w^T for w
-    (N, I) (nn.Linear's); any strides."""
-    return torch.ops.reparam_sac.inner_product(x, w, b, relu, stored_t)
-
-
-class _OneDNNLinear(torch.autograd.Function):
-    """``_inner_product`` with its gradient: dx = g W'^T, dW = x^T g (stored (I, N)) or g^T x (stored (N, I)),
-    each in the stored layout so that no transpose follows, db = sum over rows of g. All on oneDNN too."""
-
-    @staticmethod
-    def forward(x: Tensor, w: Tensor, b: Tensor, relu: bool, stored_t: bool) -> Tensor:
-        return _inner_product(x, w, b, relu, stored_t)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        x, w, _, relu, stored_t = inputs
-        ctx.relu, ctx.stored_t = relu, stored_t
-        ctx.save_for_backward(x, w, output if relu else None)
-
-    @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        x, w, y = ctx.saved_tensors
-        if ctx.relu:
-            g = torch.where(y > 0, g, 0.0)  # relu'(u) from its output: y > 0 <=> u > 0
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = _inner_product(g, w, None, False, not ctx.stored_t)  # (M, I)
-        if ctx.needs_input_grad[1]:
-            gw = _inner_product(x.t(), g.t(), None, False, False) if ctx.stored_t else \
-                _inner_product(g.t(), x.t(), None, False, False)
-        if ctx.needs_input_grad[2]:
-            gb = g.sum(0)
-        return gx, gw, gb, None, None
-
-
-def linear(x: Tensor, w: Tensor, b: Tensor, relu: bool, onednn_min_macs: int | None, stored_t: bool = False) -> Tensor:
-    """relu?(x W^T + b) for W (N, I), or relu?(x W + b) for W (I, N) with ``stored_t``: x (M, I), b (N,) ->
-    (M, N). oneDNN when the product has at least ``onednn_min_macs`` multiply-adds (None: never), else ATen."""
-    n_out = w.shape[1] if stored_t else w.shape[0]
-    if onednn_min_macs is not None and x.shape[0] * x.shape[1] * n_out >= onednn_min_macs:
-        return _OneDNNLinear.apply(x, w, b, relu, stored_t)
-    y = torch.addmm(b, x, w if stored_t else w.t())
-    return y.relu() if relu else y
+__all__ = ["StackedUpdate", "sac_step", "StepSpec", "unsupported_reason"]
 
 
 # -- the step ----------------------------------------------------------------------------------------------
@@ -138,21 +65,26 @@ class StepSpec:
     lrs: tuple[float, ...]  # per trainable tensor: actor params, critic params, then log alpha if learned
     betas: tuple[float, float]
     adam_eps: float
-    onednn_min_macs: int | None  # see ``linear``
+    onednn_min_macs: int | None  # see ``agents.linear.linear``
+    batch_rows: bool = True  # one product for the actor on [s; s'] and the critics on [(s, a); (s, a~)]
+    thin: int = THIN  # layers with a dim up to this as multiply-and-sum (``agents.linear.linear``)
 
 
-def _actor(spec: StepSpec, ap: Sequence[Tensor], k: int, obs: Tensor) -> tuple[Tensor, Tensor]:
-    """Agent k's Gaussian head: mu, sigma (M, A) for obs (M, O); ap = [W_1, b_1, ..., W_head, b_head] (K, ...)."""
+def _actor(spec: StepSpec, ap: Sequence[Tensor], k: int, obs: Tensor, rows: int | None = None) -> tuple[Tensor, Tensor]:
+    """Agent k's Gaussian head: mu, sigma (M, A) for obs (M, O); ap = [W_1, b_1, ..., W_head, b_head] (K, ...);
+    ``rows``: only the first rows carry gradient."""
     h = obs
     for i in range(spec.n_actor_layers):
-        h = linear(h, ap[2 * i][k], ap[2 * i + 1][k], i < spec.n_actor_layers - 1, spec.onednn_min_macs)
+        h = linear(h, ap[2 * i][k], ap[2 * i + 1][k], i < spec.n_actor_layers - 1, spec.onednn_min_macs,
+                   w_rows=rows, x_rows=rows, thin=spec.thin)
     mu, log_std = h.chunk(2, dim=-1)
     return mu, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
 
 
-def _critics(spec: StepSpec, cp: Sequence[Tensor], k: int, obs: Tensor, act_unit: Tensor) -> Tensor:
+def _critics(spec: StepSpec, cp: Sequence[Tensor], k: int, obs: Tensor, act_unit: Tensor,
+             w_rows: int | None = None) -> Tensor:
     """Agent k's Q_j(s, a) (n, M) from obs (M, O) and unit-box actions (M, A); cp = [W_0.., b_0..] with
-    W_l (K, n, I, N) and b_l (K, n, 1, N) (CriticEnsemble's layout)."""
+    W_l (K, n, I, N) and b_l (K, n, 1, N) (CriticEnsemble's layout); ``w_rows``: only the first rows teach them."""
     L = spec.n_critic_layers
     x = torch.cat([obs, act_unit], dim=-1)  # (M, O + A)
     qs = []
@@ -160,16 +92,14 @@ def _critics(spec: StepSpec, cp: Sequence[Tensor], k: int, obs: Tensor, act_unit
         h = x
         for layer in range(L):
             w, b = cp[layer][k, j], cp[L + layer][k, j, 0]  # (I, N), (N,)
-            h = linear(h, w, b, layer < L - 1, spec.onednn_min_macs, stored_t=True)
+            h = linear(h, w, b, layer < L - 1, spec.onednn_min_macs, stored_t=True, w_rows=w_rows, thin=spec.thin)
         qs.append(h.squeeze(-1))
     return torch.stack(qs)  # (n, M)
 
 
-def _policy_sample(spec: StepSpec, ap: Sequence[Tensor], k: int, obs: Tensor, eps: Tensor, mid: Tensor,
-                   half: Tensor) -> tuple[Tensor, Tensor]:
+def _squash(spec: StepSpec, mu: Tensor, std: Tensor, eps: Tensor, mid: Tensor, half: Tensor) -> tuple[Tensor, Tensor]:
     """a = mid + half tanh(mu + sigma eps) and log pi(a|s) in the unit box, through the core's fused
     tanh-Gaussian node (the noise eps (M, A) is drawn outside, so the stream equals the eager path's)."""
-    mu, std = _actor(spec, ap, k, obs)
     const = -(HALF_LOG_2PI + 2 * LOG2) * spec.act_dim  # unit-box log-density: the box's log-volume cancels
     return fused_tanh_gaussian(mu, std, eps, mid, half, 1, const)
 
@@ -183,15 +113,30 @@ def _losses(actor_p: list[Tensor], critic_p: list[Tensor], log_alpha: Tensor, sp
     total, stats = 0.0, []
     for k in range(obs.shape[0]):
         alpha = log_alpha[k].detach().exp()  # (1,)
+        b = obs.shape[1]
+        c_act = (act[k] - c_mid) / c_half
+        if spec.batch_rows:  # the actor on [s; s'] in one pass; only the s rows carry gradient
+            mu, std = _actor(spec, actor_p, k, torch.cat([obs[k], next_obs[k]]), rows=b)
+            mu_pi, std_pi, mu_next, std_next = mu[:b], std[:b], mu[b:].detach(), std[b:].detach()
+        else:
+            mu_pi, std_pi = _actor(spec, actor_p, k, obs[k])
+            with torch.no_grad():
+                mu_next, std_next = _actor(spec, actor_p, k, next_obs[k])
         with torch.no_grad():  # target (eq. 6)
-            next_a, next_log_pi = _policy_sample(spec, actor_p, k, next_obs[k], eps_next[k], mid, half)
-            q_next = _critics(spec, target_p, k, next_obs[k], (next_a - c_mid) / c_half).min(dim=0).values
+            next_a, next_log_pi = _squash(spec, mu_next, std_next, eps_next[k], mid, half)
+            c_next = (next_a - c_mid) / c_half
+            q_next = _critics(spec, target_p, k, next_obs[k], c_next).min(dim=0).values
             y = rew[k] + spec.gamma * (1.0 - term[k]) * (q_next - alpha * next_log_pi)  # (B,)
-        q = _critics(spec, critic_p, k, obs[k], (act[k] - c_mid) / c_half)  # (n, B)
+        a_pi, log_pi = _squash(spec, mu_pi, std_pi, eps[k], mid, half)
+        if spec.batch_rows:  # the critics on [(s, a); (s, a~)]: only the (s, a) rows teach their weights (eq. 7)
+            q_all = _critics(spec, critic_p, k, torch.cat([obs[k], obs[k]]),
+                             torch.cat([c_act, (a_pi - c_mid) / c_half]), w_rows=b)
+            q, q_pi = q_all[:, :b], q_all[:, b:].min(dim=0).values
+        else:
+            q = _critics(spec, critic_p, k, obs[k], c_act)  # (n, B)
+            frozen = [p.detach() for p in critic_p]  # eq. 7: only dQ/da reaches the actor
+            q_pi = _critics(spec, frozen, k, obs[k], (a_pi - c_mid) / c_half).min(dim=0).values
         critic_loss = 0.5 * (q - y).square().mean(dim=1).sum()  # eq. 5
-        a_pi, log_pi = _policy_sample(spec, actor_p, k, obs[k], eps[k], mid, half)
-        frozen = [p.detach() for p in critic_p]  # eq. 7: only dQ/da reaches the actor
-        q_pi = _critics(spec, frozen, k, obs[k], (a_pi - c_mid) / c_half).min(dim=0).values
         actor_loss = (alpha * log_pi - q_pi).mean()
         total = total + critic_loss + actor_loss
         if spec.learn_alpha:  # eq. 18
@@ -346,11 +291,11 @@ class StackedUpdate:
                 for i, p in enumerate(ps):  # torch's Adam reads and writes these very tensors
                     m.optimizer.state[p] = {"step": steps[k, i], "exp_avg": self.exp_avg[i][k],
                                             "exp_avg_sq": self.exp_avg_sq[i][k]}
-        self._bound_state = models[0].optimizer.state[trainable[0][0]]
+        self._bound = [(m, ps[0], m.optimizer.state[ps[0]]) for m, ps in zip(models, trainable, strict=True)]
 
     def _check_bound(self) -> None:
-        first = self.models[0]
-        if first.optimizer.state.get(self._trainable(first)[0]) is not self._bound_state:
+        """``bind`` again if a model's optimizer state was replaced (``load_state_dict``, another binding)."""
+        if any(m.optimizer.state.get(p) is not bound for m, p, bound in self._bound):
             self.bind()
 
     # -- a step -------------------------------------------------------------------------------------------
@@ -367,11 +312,11 @@ class StackedUpdate:
     def noise(self) -> tuple[Tensor, Tensor]:
         """(K, B, A) twice: agent k's target noise then its actor-loss noise, in the eager path's order."""
         shape, dev = (self.batch_size, self.models[0].act_dim), self.device
-        if self.generators is None:
-            return torch.randn(shape, device=dev)[None], torch.randn(shape, device=dev)[None]
-        pairs = [(torch.randn(shape, generator=g, device=dev), torch.randn(shape, generator=g, device=dev))
-                 for g in self.generators]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        target_noise, actor_noise = [], []
+        for g in self.generators or [None]:
+            target_noise.append(torch.randn(shape, generator=g, device=dev))  # drawn first, as compute_target's
+            actor_noise.append(torch.randn(shape, generator=g, device=dev))
+        return torch.stack(target_noise), torch.stack(actor_noise)
 
     def adam_factors(self) -> Tensor:
         """(2, K): 1 / (1 - b1^t), 1 / sqrt(1 - b2^t) for the coming step t of each agent (in float64 on the host)."""
@@ -413,8 +358,10 @@ def _compiled(backend: str) -> Any:
     ``StackedUpdate`` of the process, told apart by the kept guards)."""
     code = sac_step.__code__.replace(co_name=f"sac_step_{backend}")
     fn = types.FunctionType(code, sac_step.__globals__, code.co_name, sac_step.__defaults__, sac_step.__closure__)
-    return torch.compile(fn, backend=backend, fullgraph=True, dynamic=False,
-                         options={"guard_filter_fn": _guards_to_keep})
+    options: dict[str, Any] = {"guard_filter_fn": _guards_to_keep}
+    if backend == "inductor":  # the wrapper's ~70 shape asserts per call: ~0.1 ms (3% of a 2x256 step)
+        options.update(size_asserts=False, alignment_asserts=False)
+    return torch.compile(fn, backend=backend, fullgraph=True, dynamic=False, options=options)
 
 
 def _stack_and_alias(per_model: list[list[Tensor]], alias: bool = True) -> list[Tensor]:

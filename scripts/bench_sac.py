@@ -4,13 +4,14 @@
     python scripts/bench_sac.py                                   # Pendulum-v1, seeds 0-2, 20k steps, ours/sb3/sbx
     python scripts/bench_sac.py --steady-state                    # env-steps/s after warm-up, contenders alternating
     python scripts/bench_sac.py --steady-state --num-seeds 8      # + ours as 8 seeds in one process (aggregate)
-    python scripts/bench_sac.py --env HalfCheetah-v5 --eval-at 10000 20000 30000 --seeds 0 1 --peers sb3
+    python scripts/bench_sac.py --env HalfCheetah-v5 --lr 3e-4 --learning-starts 10000 --eval-at 15000 20000 25000 \
+        30000 --seeds 0 1 --peers sb3 --threshold-every 0                  # MuJoCo parity (RL-zoo settings)
 
-Every contender: batch 256, 2x256 ReLU MLPs, lr 1e-3 (--lr), learning_starts 100, one gradient step per env
-step, tau 0.005, gamma 0.99, automatic entropy (target -|A|), twin critics, CPU, --threads torch threads (JAX
-uses its own pool). Each runs in a process of its own, driven from this one, which alternates them. "ours"
-runs with its defaults (the compiled step where it pays: it does for these run lengths), "ours-eager" with
---no-compile (--eager adds it). A peer that is not installed is skipped with a note.
+Every contender: batch 256, 2x256 ReLU MLPs, lr 1e-3 (--lr), learning_starts 100 (--learning-starts), one
+gradient step per env step, tau 0.005, gamma 0.99, automatic entropy (target -|A|), twin critics, CPU,
+--threads torch threads (JAX uses its own pool). Each runs in a process of its own, driven from this one, which
+alternates them. "ours" runs with its defaults (the compiled step where it pays: it does for these run
+lengths), "ours-eager" with --no-compile (--eager adds it). A peer that is not installed is skipped with a note.
 
 Full mode (default): per seed, each contender trains to the last --eval-at step, the order rotating between
 seeds; env-steps/s counts training wall time only (compile and JIT included, evaluations paused out);
@@ -47,11 +48,13 @@ HYPER = dict(batch_size=256, learning_starts=100, tau=0.005, gamma=0.99, train_f
 class Contender:
     """One agent behind a common interface: ``train(n)`` more env steps, ``predict``, ``episodes``."""
 
-    def __init__(self, kind: str, env_id: str, seed: int, lr: float, total: int, num_seeds: int = 1):
+    def __init__(self, kind: str, env_id: str, seed: int, lr: float, total: int, num_seeds: int = 1,
+                 learning_starts: int = 100):
         self.kind, self.steps, self.num_agents = kind, 0, 1
+        hyper = {**HYPER, "learning_starts": learning_starts}
         if kind.startswith("ours"):
             cfg = SACConfig.for_env(env_id, seed=seed, total_steps=total, hidden_sizes=(256, 256), device="cpu",
-                                    learning_rate=lr, compile=kind != "ours-eager", **HYPER)
+                                    learning_rate=lr, compile=kind != "ours-eager", **hyper)
             if kind.startswith("ours-x"):
                 self.model, self.num_agents = SACGroup(cfg, num_seeds), num_seeds
             else:
@@ -63,7 +66,7 @@ class Contender:
             from sbx import SAC as PeerSAC
         self.env = make_env(env_id)
         self.model = PeerSAC("MlpPolicy", self.env, seed=seed, verbose=0, ent_coef="auto", learning_rate=lr,
-                             policy_kwargs=dict(net_arch=[256, 256]), **HYPER,
+                             policy_kwargs=dict(net_arch=[256, 256]), **hyper,
                              **({"device": "cpu"} if kind == "sb3" else {}))
 
     def train(self, n: int) -> float:
@@ -92,10 +95,10 @@ class Contender:
 
 
 def _serve(conn: Any, kind: str, env_id: str, seed: int, lr: float, total: int, num_seeds: int,
-           threads: int) -> None:
+           threads: int, learning_starts: int) -> None:
     """A contender's process: builds it, then answers ("train", n), ("eval", episodes), ("episodes",), ("close",)."""
     set_threads(threads)
-    contender = Contender(kind, env_id, seed, lr, total, num_seeds)
+    contender = Contender(kind, env_id, seed, lr, total, num_seeds, learning_starts)
     eval_env = make_env(env_id)
     conn.send(contender.num_agents)
     while True:
@@ -120,7 +123,8 @@ class Remote:
         self.kind, self.steps = kind, 0
         self.conn, child = mp.get_context("spawn").Pipe()
         self.proc = mp.get_context("spawn").Process(
-            target=_serve, args=(child, kind, args.env, seed, args.lr, total, args.num_seeds, args.threads),
+            target=_serve, args=(child, kind, args.env, seed, args.lr, total, args.num_seeds, args.threads,
+                                 args.learning_starts),
             daemon=True)
         self.proc.start()
         self.num_agents = self._get()
@@ -160,14 +164,15 @@ def available(peers: list[str]) -> list[str]:
 def full_run(kind: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     total = args.eval_at[-1]
     c = Remote(kind, args, seed, total)
-    marks = sorted(set(args.eval_at) | set(range(args.threshold_every, total + 1, args.threshold_every)))
+    every = args.threshold_every
+    marks = sorted(set(args.eval_at) | (set(range(every, total + 1, every)) if every else set()))
     train_s, returns, reached = 0.0, {}, None
     for mark in marks:
         train_s += c.train(mark - c.steps)
         ret = c.call("eval", args.eval_episodes)
         if mark in args.eval_at:
             returns[mark] = ret
-        if reached is None and ret >= args.threshold:
+        if every and reached is None and ret >= args.threshold:
             reached = train_s
     episodes = c.call("episodes")
     c.close()
@@ -176,10 +181,10 @@ def full_run(kind: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 
 def steady_run(kinds: list[str], args: argparse.Namespace, seed: int) -> dict[str, dict[str, Any]]:
-    total = max(20_000, HYPER["learning_starts"] + args.warmup + args.rounds * args.chunk)
+    total = max(20_000, args.learning_starts + args.warmup + args.rounds * args.chunk)
     contenders = {k: Remote(k, args, seed, total) for k in kinds}
     for c in contenders.values():
-        c.train(HYPER["learning_starts"] + args.warmup)  # untimed: compile, JIT, first updates
+        c.train(args.learning_starts + args.warmup)  # untimed: compile, JIT, first updates
     timed = dict.fromkeys(kinds, 0.0)
     for r in range(args.rounds):
         order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
@@ -204,13 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eager", action="store_true", help="also run ours with --no-compile (default: off)")
     p.add_argument("--num-seeds", type=int, default=1, help="K > 1 adds ours-xK: K seeds in one process (default: 1)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate of every contender (default: 1e-3)")
+    p.add_argument("--learning-starts", type=int, default=100, help="random steps before learning (default: 100)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     p.add_argument("--eval-at", type=int, nargs="+", default=[5000, 10000, 20000],
                    help="full mode: evaluation steps; the last is the run length (default: 5000 10000 20000)")
     p.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation (default: 10)")
     p.add_argument("--threshold", type=float, default=-200.0, help="return for the time to threshold (default: -200)")
     p.add_argument("--threshold-every", type=int, default=1000,
-                   help="full mode: steps between threshold evaluations (default: 1000)")
+                   help="full mode: steps between threshold evaluations; 0: none (default: 1000)")
     p.add_argument("--steady-state", action="store_true", help="steady-state env-steps/s instead (see above)")
     p.add_argument("--warmup", type=int, default=300, help="steady state: untimed steps after learning_starts "
                    "(default: 300)")
@@ -219,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", default=None, help="full mode: PNG of training returns, median over seeds (default: none)")
     args = p.parse_args(argv)
     args.eval_at = sorted(set(args.eval_at))
-    if args.eval_at[0] <= HYPER["learning_starts"] or min(args.eval_episodes, args.threads, args.num_seeds,
-                                                             args.chunk, args.rounds, args.threshold_every) <= 0:
-        raise UserError("--eval-at steps must exceed learning_starts (100); counts must be positive")
+    if args.eval_at[0] <= args.learning_starts or min(args.eval_episodes, args.threads, args.num_seeds, args.chunk,
+                                                      args.rounds) <= 0 or args.threshold_every < 0:
+        raise UserError("--eval-at steps must exceed --learning-starts; counts must be positive")
     peers = [] if args.peers == "none" else [x.strip() for x in args.peers.split(",") if x.strip()]
     if set(peers) - {"sb3", "sbx"}:
         raise UserError(f"--peers takes sb3, sbx or none, got {args.peers!r}")

@@ -19,7 +19,8 @@ import torch
 
 import agents.sac as sac_module
 from agents import SAC, Callback
-from agents.update import StackedUpdate, linear, unsupported_reason
+from agents.linear import linear
+from agents.update import StackedUpdate, unsupported_reason
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -85,24 +86,32 @@ def compare_steps(eager: SAC, fused: SAC, update: StackedUpdate, steps: int = 3)
             assert (after[name] - before[name]).abs().max() > 1e-4, name
 
 
+def with_spec(update: StackedUpdate, **changes) -> StackedUpdate:
+    update.spec = dataclasses.replace(update.spec, **changes)
+    return update
+
+
+@pytest.mark.parametrize("batch_rows", [True, False])
 @pytest.mark.parametrize("variant", [
     dict(),                                           # the defaults: one learning rate, alpha learned
     dict(alpha=0.37),                                 # fixed temperature: log alpha not in Adam
     dict(actor_lr=1e-2, critic_lr=2e-3, alpha_lr=5e-2, n_critics=3, target_entropy=-0.3),
 ])
-def test_functional_step_equals_eager_update(variant):
+def test_functional_step_equals_eager_update(variant, batch_rows):
+    """batch_rows: the actor on [s; s'] and the critics on [(s, a); (s, a~)] in one product each (row-wise
+    gradients) or in separate passes (detached weights / no_grad), as the eager update does."""
     eager, fused = make_pair(**variant)
-    compare_steps(eager, fused, StackedUpdate([fused], compile=False))
+    compare_steps(eager, fused, with_spec(StackedUpdate([fused], compile=False), batch_rows=batch_rows))
 
 
-def test_onednn_path_equals_eager_update():
+@pytest.mark.parametrize("batch_rows", [True, False])
+def test_onednn_path_equals_eager_update(batch_rows):
     """The same with every matrix product on oneDNN (the threshold lowered to 0; CPU builds with MKL-DNN)."""
     eager, fused = make_pair()
     update = StackedUpdate([fused], compile=False)
     if update.spec.onednn_min_macs is None:
         pytest.skip("this torch has no oneDNN")
-    update.spec = dataclasses.replace(update.spec, onednn_min_macs=0)
-    compare_steps(eager, fused, update)
+    compare_steps(eager, fused, with_spec(update, onednn_min_macs=0, batch_rows=batch_rows))
 
 
 def test_inductor_compiled_step_equals_eager_update():
@@ -110,7 +119,7 @@ def test_inductor_compiled_step_equals_eager_update():
     eager, fused = make_pair()
     update = StackedUpdate([fused], compile=True)
     if update.spec.onednn_min_macs is not None:
-        update.spec = dataclasses.replace(update.spec, onednn_min_macs=0)
+        with_spec(update, onednn_min_macs=0)
     compare_steps(eager, fused, update, steps=2)
 
 
@@ -122,26 +131,52 @@ def test_traced_step_and_a_changed_spec_make_another_graph():
         compare_steps(eager, fused, StackedUpdate([fused], compile="aot_eager"), steps=2)
 
 
+@pytest.mark.parametrize("onednn", [0, None, "thin"])
+@pytest.mark.parametrize("rows", [(None, None), (4, None), (4, 4), (None, 2)])
 @pytest.mark.parametrize("stored_t", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
-def test_onednn_linear_against_autograd(stored_t, relu):
+def test_linear_layer_against_autograd(stored_t, relu, rows, onednn):
+    """agents.linear.linear against F.linear in float64: values, and gradients where only the first w_rows rows
+    teach (W, b) (the others: as through detached weights) and only the first x_rows rows reach x; on oneDNN
+    (threshold 0), ATen (None) or as multiply-and-sum ("thin")."""
+    thin = 8 if onednn == "thin" else 0
+    if onednn == "thin":
+        if rows == (None, 2):
+            pytest.skip("x_rows without w_rows: not a use of the thin path")
+        onednn = None
+    if onednn == 0 and not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    w_rows, x_rows = rows
     torch.manual_seed(0)
     x = torch.randn(7, 5, requires_grad=True)
     w = torch.randn(5, 3) if stored_t else torch.randn(3, 5)
     w.requires_grad_(True)
     b = torch.randn(3, requires_grad=True)
-    y = linear(x, w, b, relu, onednn_min_macs=0, stored_t=stored_t)
-    ref = torch.nn.functional.linear(x.double(), (w.t() if stored_t else w).double(), b.double())
-    ref = ref.relu() if relu else ref
+    y = linear(x, w, b, relu, onednn_min_macs=onednn, stored_t=stored_t, w_rows=w_rows, x_rows=x_rows, thin=thin)
+
+    def ref_layer(xx, ww, bb):
+        out = torch.nn.functional.linear(xx.double(), (ww.t() if stored_t else ww).double(), bb.double())
+        return out.relu() if relu else out
+
+    ref = ref_layer(x, w, b)
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
     if relu:
         assert (ref == 0).any() and (ref > 0).any()  # the mask matters
-    g = torch.randn(7, 3)
-    got = torch.autograd.grad(y, (x, w, b), g)
-    want = torch.autograd.grad(ref, (x, w, b), g.double())
-    for a, r in zip(got, want, strict=True):
+    g = torch.randn(7, 3, dtype=torch.float64)
+    wr, xr = w_rows or 7, x_rows or 7
+    # Reference: rows below wr through detached weights; rows below xr through a detached input.
+    teach = ref_layer(x, w, b)[:wr]
+    frozen = ref_layer(x, w.detach(), b.detach())[wr:]
+    want_wb = torch.autograd.grad(torch.cat([teach, frozen]), (w, b), g)
+    to_x = torch.cat([ref_layer(x[:xr], w.detach(), b.detach()), ref_layer(x[xr:].detach(), w.detach(), b.detach())])
+    (want_x,) = torch.autograd.grad(to_x, (x,), g)
+    got = torch.autograd.grad(y, (x, w, b), g.float())
+    for a, r in zip(got, (want_x, *want_wb), strict=True):
         assert a.shape == r.shape
         torch.testing.assert_close(a.double(), r.double(), rtol=1e-5, atol=1e-5)
+    if wr < 7 or xr < 7:  # the rows make a difference, so the test can fail
+        full = torch.autograd.grad(ref, (x, w, b), g)
+        assert any(not torch.allclose(a.double(), f.double()) for a, f in zip(got, full, strict=True))
 
 
 def test_the_compile_rule():

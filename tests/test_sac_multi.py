@@ -97,6 +97,12 @@ def test_group_save_load_continues_identically(monkeypatch, tmp_path):
     b = SACGroup(cfg, 2)
     b.learn(200)
     b.save(tmp_path / "g.pt")
+    # Each agent's tensors are views of the group's stacked ones; a checkpoint holds each agent's own values.
+    alone = SAC("Pendulum-v1", seed=7, **LONG)
+    alone.learn(200)
+    ex.save_checkpoint(alone.checkpoint_state(), tmp_path / "alone.pt", "sac")
+    ex.save_checkpoint(b.agents[1].checkpoint_state(), tmp_path / "member.pt", "sac")
+    assert (tmp_path / "member.pt").stat().st_size < 1.05 * (tmp_path / "alone.pt").stat().st_size
     c = SACGroup.load(tmp_path / "g.pt")
     assert c.seeds == [7, 8] and c.num_timesteps == 200 and c.agents[1].buffer.size == 200
     c.learn(300)
@@ -108,7 +114,7 @@ def test_group_save_load_continues_identically(monkeypatch, tmp_path):
     single.save(tmp_path / "one.pt")
     with pytest.raises(ex.CheckpointError, match="single SAC run, not a group"):
         SACGroup.load(tmp_path / "one.pt")
-    for m in (a, b, c, single):
+    for m in (a, b, c, single, alone):
         m.close()
 
 

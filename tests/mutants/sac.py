@@ -7,6 +7,9 @@ the update and the rollout, ``agents/networks.py`` Polyak averaging).
 EQ = "tests/test_sac_equations.py"
 UPDATE = f"{EQ}::test_update_losses_and_isolated_gradients"
 UNIT = "tests/test_sac.py"
+FUSED = "tests/test_sac_compiled.py"
+FUSED_STEP = f"{FUSED}::test_functional_step_equals_eager_update"
+MULTI = "tests/test_sac_multi.py"
 
 MUTANTS = [
     {
@@ -184,5 +187,190 @@ MUTANTS = [
         "find": 'evaluation.load_state_dict(state["eval"])',
         "replace": "None",
         "tests": ["tests/test_sac_cli.py::test_ctrl_c_saves_mid_window_and_resume_equals_the_uninterrupted_run"],
+    },
+    # -- the fused step (agents/update.py): each equation against the eager update, op by op ------------------
+    {
+        "name": "sac-fused-target-from-online-critic",
+        "path": "agents/update.py",
+        "find": "_critics(spec, target_p, k, next_obs[k]",
+        "replace": "_critics(spec, critic_p, k, next_obs[k]",
+        "tests": [FUSED_STEP],
+    },
+    {
+        "name": "sac-fused-target-ignores-termination",
+        "path": "agents/update.py",
+        "find": "spec.gamma * (1.0 - term[k]) *",
+        "replace": "spec.gamma *",
+        "tests": [FUSED_STEP],
+    },
+    {
+        "name": "sac-fused-actor-loss-trains-critics",
+        "path": "agents/update.py",
+        "find": "frozen = [p.detach() for p in critic_p]",
+        "replace": "frozen = list(critic_p)",
+        "tests": [FUSED_STEP],
+    },
+    {
+        "name": "sac-fused-temperature-log-pi-not-detached",
+        "path": "agents/update.py",
+        "find": "(log_pi.detach() + spec.target_entropy)",
+        "replace": "(log_pi + spec.target_entropy)",
+        "tests": [FUSED_STEP],
+    },
+    {
+        "name": "sac-fused-alpha-not-detached",
+        "path": "agents/update.py",
+        "find": "log_alpha[k].detach().exp()",
+        "replace": "log_alpha[k].exp()",
+        "tests": [FUSED_STEP],
+    },
+    {
+        "name": "sac-fused-adam-second-bias-correction",
+        "path": "agents/update.py",
+        "find": "1.0 / np.sqrt(1.0 - b2 ** t)",
+        "replace": "1.0 / (1.0 - b2 ** t)",
+        "tests": [FUSED_STEP],
+    },
+    {
+        "name": "sac-fused-adam-first-moment-unused",
+        "path": "agents/update.py",
+        "find": "p.sub_((lr * factors[0]).view(shape) * m / denom)",
+        "replace": "p.sub_((lr * factors[0]).view(shape) * g / denom)",
+        "tests": [FUSED_STEP],
+    },
+    {
+        "name": "sac-fused-one-learning-rate",
+        "path": "agents/update.py",
+        "find": 'lrs=tuple(float(groups[id(p)]["lr"]) for p in trainable)',
+        "replace": 'lrs=tuple(float(group0["lr"]) for p in trainable)',
+        "tests": [FUSED_STEP],
+    },
+    {
+        "name": "sac-fused-polyak-tau-swapped",
+        "path": "agents/update.py",
+        "find": "tp.lerp_(p, spec.tau)",
+        "replace": "tp.lerp_(p, 1.0 - spec.tau)",
+        "tests": [FUSED_STEP],
+    },
+    {
+        "name": "sac-fused-noise-drawn-in-the-other-order",
+        "path": "agents/update.py",
+        "find": "return torch.stack(target_noise), torch.stack(actor_noise)",
+        "replace": "return torch.stack(actor_noise), torch.stack(target_noise)",
+        "tests": [FUSED_STEP],
+    },
+    {
+        "name": "sac-fused-adam-steps-not-counted",
+        "path": "agents/update.py",
+        "find": "steps.add_(1.0)",
+        "replace": "steps.add_(0.0)",
+        "tests": [FUSED_STEP],
+    },
+    {
+        "name": "sac-fused-optimizer-state-not-rebound",
+        "path": "agents/update.py",
+        "find": "if any(m.optimizer.state.get(p) is not bound for m, p, bound in self._bound):",
+        "replace": "if False:",
+        "tests": [f"{FUSED}::test_fused_then_eager_steps_continue_the_same_adam"],
+    },
+    {
+        "name": "sac-fused-critics-learn-from-the-actor-rows",
+        "path": "agents/update.py",
+        "find": "torch.cat([c_act, (a_pi - c_mid) / c_half]), w_rows=b)",
+        "replace": "torch.cat([c_act, (a_pi - c_mid) / c_half]), w_rows=None)",
+        "tests": [FUSED_STEP],
+    },
+    # -- the linear layer of the fused step (agents/linear.py) ----------------------------------------------------
+    {
+        "name": "sac-linear-relu-mask-dropped",
+        "path": "agents/linear.py",
+        "find": "g = torch.where(y > 0, g, 0.0)",
+        "replace": "g = g",
+        "tests": [f"{FUSED}::test_linear_layer_against_autograd"],
+    },
+    {
+        "name": "sac-linear-weight-grad-transposed",
+        "path": "agents/linear.py",
+        "find": "_product(xs.t(), gs.t(), False, ctx.onednn) if ctx.stored_t",
+        "replace": "_product(gs.t(), xs.t(), False, ctx.onednn) if ctx.stored_t",
+        "tests": [f"{FUSED}::test_linear_layer_against_autograd"],
+    },
+    {
+        "name": "sac-linear-weight-grad-from-all-rows",
+        "path": "agents/linear.py",
+        "find": "gs, xs = g[:wr], x[:wr]",
+        "replace": "gs, xs = g, x",
+        "tests": [f"{FUSED}::test_linear_layer_against_autograd"],
+    },
+    {
+        "name": "sac-linear-input-grad-from-all-rows",
+        "path": "agents/linear.py",
+        "find": "xr = m if ctx.x_rows is None else ctx.x_rows",
+        "replace": "xr = m",
+        "tests": [f"{FUSED}::test_linear_layer_against_autograd"],
+    },
+    {
+        "name": "sac-compile-rule-always",
+        "path": "agents/sac.py",
+        "find": "COMPILE_MIN_UPDATES = 10_000",
+        "replace": "COMPILE_MIN_UPDATES = 0",
+        "tests": [f"{FUSED}::test_the_compile_rule"],
+    },
+    # -- many seeds in one process (agents/multi.py, multi_cli.py) ----------------------------------------------
+    {
+        "name": "sac-group-acts-on-one-stream",
+        "path": "agents/multi.py",
+        "find": "_set_rng_state(self.device, self.generators[k].get_state())",
+        "replace": "_set_rng_state(self.device, self.generators[0].get_state())",
+        "tests": [f"{MULTI}::test_each_seed_of_a_group_learns_as_its_single_run"],
+    },
+    {
+        "name": "sac-group-stream-not-stored-back",
+        "path": "agents/multi.py",
+        "find": "self.generators[k].set_state(_rng_state(self.device))",
+        "replace": "pass",
+        "tests": [f"{MULTI}::test_each_seed_of_a_group_learns_as_its_single_run"],
+    },
+    {
+        "name": "sac-group-one-seed-for-all",
+        "path": "agents/multi.py",
+        "find": "agent = SAC(config.replace(seed=config.seed + k), vec_env=",
+        "replace": "agent = SAC(config.replace(seed=config.seed), vec_env=",
+        "tests": [f"{MULTI}::test_each_seed_of_a_group_learns_as_its_single_run"],
+    },
+    {
+        "name": "sac-group-checkpoint-drops-the-streams",
+        "path": "agents/multi.py",
+        "find": 'group._setup(ckpt["group"]["rng_states"])',
+        "replace": "group._setup([_rng_state(group.agents[0].device)] * len(states))",
+        "tests": [f"{MULTI}::test_group_save_load_continues_identically"],
+    },
+    {
+        "name": "sac-group-se-without-bessel",
+        "path": "agents/multi.py",
+        "find": "x.std(ddof=1)",
+        "replace": "x.std()",
+        "tests": [f"{MULTI}::test_seed_stats_against_scipy"],
+    },
+    {
+        "name": "sac-group-iqm-keeps-the-top-quarter",
+        "path": "agents/multi.py",
+        "find": "x[cut:k - cut]",
+        "replace": "x[cut:k]",
+        "tests": [f"{MULTI}::test_seed_stats_against_scipy"],
+    },
+    {
+        "name": "sac-group-resume-keeps-rows-after-the-checkpoint",
+        "path": "agents/multi_cli.py",
+        "find": 'seed_run.rewind(state["step"])',
+        "replace": "pass",
+        "tests": [f"{MULTI}::test_group_kill_9_then_resume_equals_the_uninterrupted_run"],
+    },
+    {
+        "name": "sac-checkpoint-saves-whole-group-storage",
+        "path": "agents/persistence.py",
+        "find": "return obj.clone() if obj.untyped_storage().nbytes() > obj.numel() * obj.element_size() else obj",
+        "replace": "return obj",
+        "tests": [f"{MULTI}::test_group_save_load_continues_identically"],
     },
 ]
