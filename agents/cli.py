@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         # The training envs are built once, here, before start_or_resume writes anything: a bad --env leaves
         # no run folder behind. (start_or_resume validates the same typed values again; that is pure and cheap.)
         typed = ex.build_config(SACTrainConfig, cli.given)
-        envs = [make_vector_env(typed.env_id, typed.num_envs) for _ in range(typed.num_seeds)]
+        envs = [make_vector_env(typed.env_id, typed.num_envs, typed.vector_env) for _ in range(typed.num_seeds)]
     try:
         run = ex.start_or_resume("sac", cli, name=run_name)
     except BaseException:

@@ -22,6 +22,7 @@ __all__ = ["SACConfig", "ENV_DEFAULTS", "POLICIES", "config_for", "env_table"]
 
 DEFAULT_ENV = "Pendulum-v1"
 POLICIES = ("tanh-normal", "flow")  # --policy
+VECTOR_ENVS = ("sync", "async")  # --vector-env
 
 # Per-env defaults (RL zoo hyperparameters, github.com/DLR-RM/rl-baselines3-zoo hyperparams/sac.yml).
 # Anything not listed keeps the SACConfig default; flags / keyword arguments override both.
@@ -143,7 +144,10 @@ class SACConfig(ex.TrainConfig):
     target_entropy: float | None = field(default=None, metadata={"shown_default": "-|A|"})
     """Target policy entropy in the tanh (unit-box) action space; None: -|A|."""
     num_envs: int = 1
-    """Parallel environments (gymnasium SyncVectorEnv)."""
+    """Parallel environments, stepped as --vector-env says."""
+    vector_env: str = field(default="sync", metadata=_choices(VECTOR_ENVS))
+    """How the num_envs environments step: sync (one after another in this process, gymnasium SyncVectorEnv) or
+    async (one subprocess each, stepped in parallel: AsyncVectorEnv, for environments whose step is costly)."""
     bf16: bool = False
     """Run the network matmuls of the update under bfloat16 autocast (CPU with avx512_bf16 / CUDA)."""
     compile: bool = True
@@ -159,7 +163,8 @@ class SACConfig(ex.TrainConfig):
     policy_flow_steps: int = 2
     """Flow steps K of ``--policy flow`` (alternating orders / halves between steps)."""
 
-    MAY_CHANGE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"total_steps", "device", "threads", "compile"})
+    MAY_CHANGE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"total_steps", "device", "threads", "compile",
+                                                                   "vector_env"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -190,6 +195,8 @@ class SACConfig(ex.TrainConfig):
             raise ValueError(f"bf16 must be True or False, got {self.bf16!r}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
+        if self.vector_env not in VECTOR_ENVS:
+            raise ValueError(f"vector_env must be one of {', '.join(VECTOR_ENVS)}, got {self.vector_env!r}")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if self.policy_flow not in FLOW_KINDS:

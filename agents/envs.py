@@ -14,7 +14,9 @@ import numpy as np
 
 from reparam_apps import UserError
 
-__all__ = ["make_env", "make_vector_env", "wrap_env", "check_spaces", "env_id_of"]
+from .config import VECTOR_ENVS
+
+__all__ = ["VECTOR_ENVS", "make_env", "make_vector_env", "wrap_env", "check_spaces", "env_id_of"]
 
 
 def _extra_for(env_id: str) -> str:
@@ -77,14 +79,24 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     return env
 
 
-def make_vector_env(env_id: str, num_envs: int = 1) -> gym.vector.SyncVectorEnv:
-    """``num_envs`` copies of ``env_id`` in a SyncVectorEnv (SAME_STEP autoreset: a finished episode's
-    final observation is in ``info["final_obs"]``), each built once, with ``make_env``'s checks."""
+def make_vector_env(env_id: str, num_envs: int = 1, kind: str = "sync") -> gym.vector.VectorEnv:
+    """``num_envs`` copies of ``env_id`` (SAME_STEP autoreset: a finished episode's final observation is in
+    ``info["final_obs"]``), each built once, with ``make_env``'s checks.
+
+    Args:
+        kind: ``sync`` steps the copies one after another in this process (a SyncVectorEnv, picklable, so a
+            checkpoint holds its episodes); ``async`` gives each copy a subprocess and steps them in parallel
+            (an AsyncVectorEnv, for envs whose step is costly; a checkpoint cannot hold it, so a resumed run
+            starts new episodes).
+    """
+    if kind not in VECTOR_ENVS:
+        raise ValueError(f"kind must be one of {', '.join(VECTOR_ENVS)}, got {kind!r}")
     _check_registered(env_id)
+    # functools.partial (not a lambda): picklable, so a SyncVectorEnv pickles and an AsyncVectorEnv can spawn.
+    makers = [functools.partial(gym.make, env_id) for _ in range(num_envs)]
     with _dependency_errors(env_id):
-        # functools.partial (not a lambda) keeps the vector env picklable, so checkpoints can hold it.
-        envs = gym.vector.SyncVectorEnv([functools.partial(gym.make, env_id) for _ in range(num_envs)],
-                                        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        make = gym.vector.AsyncVectorEnv if kind == "async" else gym.vector.SyncVectorEnv
+        envs = make(makers, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     try:
         check_spaces(envs.single_observation_space, envs.single_action_space, env_id)
     except UserError:

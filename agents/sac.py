@@ -97,7 +97,7 @@ class SAC:
                 raise ValueError("num_envs > 1 needs an env id (each copy is made with gym.make)")
             self.envs = wrap_env(instance)
         else:
-            self.envs = make_vector_env(cfg.env_id, cfg.num_envs)
+            self.envs = make_vector_env(cfg.env_id, cfg.num_envs, cfg.vector_env)
         space = self.envs.single_action_space
         self.obs_dim = int(np.prod(self.envs.single_observation_space.shape))
         self.act_dim = int(space.shape[0])
@@ -126,7 +126,7 @@ class SAC:
         self._target_params = list(self.critic_target.parameters())
 
         self.buffer = ReplayBuffer(min(cfg.buffer_size, max(cfg.total_steps, cfg.batch_size)),
-                                   self.obs_dim, self.act_dim)
+                                   self.obs_dim, self.act_dim, device=dev)  # on a GPU: kept there
         self.rng = np.random.default_rng(cfg.seed)  # random warm-up actions and batch indices
         # Rollout state (all of it goes into checkpoints, so a resumed run is the same run).
         self.num_timesteps = 0

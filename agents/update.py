@@ -301,10 +301,13 @@ class StackedUpdate:
     # -- a step -------------------------------------------------------------------------------------------
     def sample(self) -> tuple[Tensor, ...]:
         """Each agent's batch from its own buffer and generator (the eager path's draws): (K, B, ...) views."""
-        for k, m in enumerate(self.models):
-            idx = m.rng.integers(0, m.buffer.size, size=self.batch_size)
-            np.take(m.buffer.data, idx, axis=0, out=self._host_np[k])
-        batch = self._host.to(self.device, non_blocking=True)
+        if self.models[0].buffer.on_device:  # gathered where the rows live: no batch crosses from the host
+            batch = torch.stack([m.buffer.rows(m.rng.integers(0, m.buffer.size, size=self.batch_size))
+                                 for m in self.models])
+        else:
+            for k, m in enumerate(self.models):
+                m.buffer.rows(m.rng.integers(0, m.buffer.size, size=self.batch_size), out=self._host_np[k])
+            batch = self._host.to(self.device, non_blocking=True)
         o, a = self.models[0].obs_dim, self.models[0].act_dim
         return (batch[..., :o], batch[..., o:o + a], batch[..., o + a], batch[..., o + a + 1:2 * o + a + 1],
                 batch[..., -1])
