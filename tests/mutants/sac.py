@@ -10,6 +10,7 @@ UNIT = "tests/test_sac.py"
 FUSED = "tests/test_sac_compiled.py"
 FUSED_STEP = f"{FUSED}::test_functional_step_equals_eager_update"
 MULTI = "tests/test_sac_multi.py"
+DEVICE_BUFFER = "tests/test_sac_devices.py::test_device_layout_samples_and_saves_what_the_host_buffer_does"
 
 MUTANTS = [
     {
@@ -372,5 +373,26 @@ MUTANTS = [
         "find": "return obj.clone() if obj.untyped_storage().nbytes() > obj.numel() * obj.element_size() else obj",
         "replace": "return obj",
         "tests": [f"{MULTI}::test_group_save_load_continues_identically"],
+    },
+    {
+        "name": "sac-device-buffer-add-ignores-the-ring",
+        "path": "agents/buffer.py",
+        "find": "self.data[torch.from_numpy(idx).to(self.device)] = torch.from_numpy(row).to(self.device)",
+        "replace": "self.data[:n] = torch.from_numpy(row).to(self.device)",
+        "tests": [DEVICE_BUFFER],
+    },
+    {
+        "name": "sac-device-buffer-gathers-other-rows",
+        "path": "agents/buffer.py",
+        "find": "return self.data[torch.from_numpy(idx).to(self.device, non_blocking=True)]",
+        "replace": "return self.data[torch.from_numpy(np.sort(idx)).to(self.device, non_blocking=True)]",
+        "tests": [DEVICE_BUFFER],
+    },
+    {
+        "name": "sac-device-buffer-checkpoint-drops-rows",
+        "path": "agents/buffer.py",
+        "find": "data = data.cpu().numpy() if self.on_device else data.copy()",
+        "replace": "data = data[:-1].cpu().numpy() if self.on_device else data.copy()",
+        "tests": [DEVICE_BUFFER],
     },
 ]
