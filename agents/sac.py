@@ -379,6 +379,9 @@ class SAC:
         could be stored and no ``env`` instance is given). ``config`` may differ in MAY_CHANGE_ON_RESUME fields."""
         config = config if config is not None else persistence.saved_config(ckpt, source)
         envs = persistence.saved_envs(ckpt, source) if env is None else None
+        if envs is not None and config.vector_env == "async":  # sync envs were saved; async asked for on resume
+            envs.close()
+            envs = None  # new async envs, new episodes
         model = cls(config, vec_env=wrap_env(env) if env is not None else envs)
         persistence.restore(model, ckpt, envs_restored=envs is not None, source=source)
         return model

@@ -3,6 +3,8 @@ device layout, and on CUDA where there is one), ``--vector-env async``, and CPU 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -63,6 +65,22 @@ def test_async_vector_env_collects_what_sync_does():
     for p, q in zip(sync.actor.parameters(), asyn.actor.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     for m in models:
+        m.close()
+
+
+def test_resume_with_async_envs_replaces_the_saved_sync_envs():
+    """--vector-env may change on resume: a checkpoint of sync envs resumed as async steps async envs (the saved
+    episodes are not kept), and the buffer and step count carry over."""
+    model = SAC("Pendulum-v1", seed=0, num_envs=2, device="cpu", **SMALL)
+    model.learn(60)
+    state = model.checkpoint_state()
+    cfg = dataclasses.replace(model.config, vector_env="async")
+    again = SAC.from_checkpoint(state, cfg)
+    assert type(again.envs).__name__ == "AsyncVectorEnv"
+    assert again.num_timesteps == 60 and again.buffer.size == 60
+    again.learn(100)
+    assert again.num_timesteps == 100
+    for m in (model, again):
         m.close()
 
 
